@@ -1,0 +1,192 @@
+//! Errors: every failure names its cause.
+
+use std::time::Duration;
+
+/// The result type of every fallible shmkit call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when making, opening or reading a segment.
+///
+/// Shared memory is untrusted input: whatever a peer writes into a segment, reading
+/// it yields one of these errors, never undefined behaviour or a panic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    #[error("{op} failed: {errno}")]
+    Os {
+        /// The operation, e.g. `"shm_open"` or `"fallocate"`.
+        op: &'static str,
+        /// The OS error.
+        errno: rustix::io::Errno,
+    },
+    /// The backing store (/dev/shm, the file system, shm limits) is full.
+    #[error(
+        "no space to commit {requested} bytes: {available} bytes available on the backing store"
+    )]
+    NoSpace {
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes the backing store reported free (0 if unknown).
+        available: u64,
+    },
+    /// A name is not acceptable.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A size is not acceptable.
+    #[error("invalid size {size}: {reason}")]
+    InvalidSize {
+        /// The size given.
+        size: u64,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An option or argument does not fit this kind of segment.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// The object does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The object already exists (create with exclusive semantics).
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The object is owned by another user.
+    #[error("owned by uid {found}, expected {expected} (use allow_foreign_owner to accept)")]
+    ForeignOwner {
+        /// The owner found.
+        found: u32,
+        /// Our uid.
+        expected: u32,
+    },
+    /// The object is writable by group or others.
+    #[error("mode {mode:#o} lets group or others write (use allow_shared_write to accept)")]
+    InsecureMode {
+        /// The permission bits found.
+        mode: u32,
+    },
+    /// The name refers to something that is not a regular file (a symlink, a fifo...).
+    #[error("{0} is not a regular file (symlinks are never followed)")]
+    NotRegularFile(String),
+    /// A received memfd lacks the seals shmkit requires.
+    #[error("memfd seals {found:#x} lack the required {required:#x}")]
+    SealsMissing {
+        /// Seals found.
+        found: u32,
+        /// Seals required.
+        required: u32,
+    },
+    /// The magic number is wrong: this is not a shmkit segment.
+    #[error("not a shmkit segment: magic {found:02x?}")]
+    BadMagic {
+        /// The first bytes found.
+        found: [u8; 8],
+    },
+    /// The segment was made by an incompatible format version.
+    #[error("segment format version {found}, this build reads {expected}")]
+    VersionMismatch {
+        /// Version in the segment.
+        found: u32,
+        /// Version of this build.
+        expected: u32,
+    },
+    /// The segment was made on another architecture, endianness or build layout.
+    #[error("layout fingerprint {found:#018x} does not match this build's {expected:#018x}")]
+    FingerprintMismatch {
+        /// Fingerprint in the segment.
+        found: u64,
+        /// Fingerprint of this build.
+        expected: u64,
+    },
+    /// The header checksum does not match its contents.
+    #[error("header checksum {found:#018x}, contents hash to {computed:#018x}")]
+    ChecksumMismatch {
+        /// Stored checksum.
+        found: u64,
+        /// Checksum of the stored fields.
+        computed: u64,
+    },
+    /// A value read from the segment is impossible.
+    #[error("corrupt segment: {what}: {detail}")]
+    Corrupt {
+        /// The field or structure.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The segment did not become ready in time, and its creator may still be alive.
+    #[error("segment not ready after {waited:?} (state {state})")]
+    NotReady {
+        /// The state word seen last.
+        state: u32,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The creator died before the segment was ready.
+    #[error("the creator died during initialisation (state {state}); open_or_create reclaims it")]
+    CreatorDied {
+        /// The state word seen.
+        state: u32,
+    },
+    /// The segment was marked poisoned by its creator.
+    #[error("the segment is poisoned")]
+    Poisoned,
+    /// Every registry slot is held by a live process.
+    #[error("all {slots} registry slots are held by live processes")]
+    RegistryFull {
+        /// Number of slots.
+        slots: u32,
+    },
+    /// An environment variable is missing or malformed.
+    #[error("environment variable {var}: {reason}")]
+    BadEnv {
+        /// The variable.
+        var: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An offset does not resolve to a valid reference.
+    #[error("offset {offset:#x} for {size} bytes aligned {align}: {reason}")]
+    BadOffset {
+        /// The offset.
+        offset: u64,
+        /// Size of the target type.
+        size: usize,
+        /// Alignment of the target type.
+        align: usize,
+        /// Why it does not resolve.
+        reason: &'static str,
+    },
+    /// The handle belongs to the parent of a fork: call `after_fork` first.
+    #[error("this handle was made by pid {parent}; call after_fork() in the child")]
+    ForkedHandle {
+        /// The pid that made the handle.
+        parent: u32,
+    },
+    /// The operation is not supported by this kind of segment or platform.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+impl Error {
+    /// An [`Error::Os`] for `op`, turning `ENOSPC` into [`Error::NoSpace`] is left to callers.
+    pub(crate) fn os(op: &'static str, errno: rustix::io::Errno) -> Self {
+        Error::Os { op, errno }
+    }
+
+    /// A closure for `map_err` that wraps an errno as [`Error::Os`].
+    pub(crate) fn at(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> Self {
+        move |errno| Error::Os { op, errno }
+    }
+
+    pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            what,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! What may live in a segment, and checked size arithmetic.
+//!
+//! # Safety
+//!
+//! [`ShmSafe`] is an `unsafe trait`: implementing it promises the layout rules below,
+//! which the rest of the crate relies on when it hands out references into a segment.
+#![allow(unsafe_code)]
+
+use crate::loom::{AtomicU32, AtomicU64};
+
+/// Types that may be placed in a shared-memory segment.
+///
+/// # Safety
+///
+/// Implement only for types that satisfy all of:
+/// 1. `#[repr(C)]` or `#[repr(transparent)]` (or a primitive), so every process and
+///    every build agrees on the layout;
+/// 2. no pointers, references, `Box`/`Vec`/`String`, file descriptors, thread
+///    locals or anything else whose meaning is local to one process: only plain
+///    integers, atomics, arrays of them and [`Offset`](crate::Offset)s;
+/// 3. **every bit pattern is a valid value** (a peer can write anything): no `bool`,
+///    `char`, enums, `NonZero*` or references;
+/// 4. any field that several processes mutate concurrently is an atomic: a shared
+///    reference into the segment is handed out, so plain fields are only for data
+///    that does not change while shared.
+///
+/// # Examples
+///
+/// ```
+/// use shmkit::ShmSafe;
+///
+/// #[repr(C)]
+/// struct Quote {
+///     price: u64,
+///     qty: u32,
+///     venue: u32,
+/// }
+/// // SAFETY: repr(C), only integers, every bit pattern is valid, no padding.
+/// unsafe impl ShmSafe for Quote {}
+/// ```
+pub unsafe trait ShmSafe: Sized + 'static {}
+
+macro_rules! shm_safe {
+    ($($t:ty),* $(,)?) => {
+        // SAFETY: primitives and atomics of them: fixed layout, every bit pattern
+        // valid, nothing process-local.
+        $(unsafe impl ShmSafe for $t {})*
+    };
+}
+
+shm_safe!(
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    (),
+    AtomicU32,
+    AtomicU64,
+);
+
+// std's atomics, for users' own types (shmkit itself uses the loom shim's).
+#[allow(clippy::disallowed_types)]
+mod std_atomics {
+    use super::ShmSafe;
+    use std::sync::atomic::{
+        AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
+    };
+    shm_safe!(
+        AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64,
+    );
+}
+
+// SAFETY: an array of ShmSafe values is contiguous with no padding between
+// elements and inherits every property of its element type.
+unsafe impl<T: ShmSafe, const N: usize> ShmSafe for [T; N] {}
+
+/// 64-bit FNV-1a, used for the header checksum and the layout fingerprint.
+///
+/// Not a cryptographic hash: it detects accidents (torn writes, foreign files, a
+/// different build), not forgery, which a peer with write access can always do.
+pub(crate) const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// The FNV-1a offset basis.
+pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The page size shmkit assumes for alignment of sizes (checked against the OS at
+/// runtime on the paths that map memory).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Round `n` up to a multiple of `align` (a power of two), or `None` on overflow.
+#[inline]
+pub(crate) const fn align_up(n: u64, align: u64) -> Option<u64> {
+    match n.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}

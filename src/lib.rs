@@ -1,0 +1,89 @@
+//! # shmkit
+//!
+//! Concurrent data structures that live inside a shared-memory segment and are used
+//! by many processes at once, and that stay consistent when any of those processes
+//! is killed with `kill -9`.
+//!
+//! This release provides the foundation every structure stands on:
+//!
+//! - [`SegmentOptions`] / [`Segment`]: shared memory of every kind (named POSIX
+//!   shm, memfd passed over a Unix socket, System V, file-backed, anonymous across
+//!   `fork`, and heap-backed for tests), created with a safe init protocol, reserved
+//!   at a maximum size and committed as it grows;
+//! - the **process registry**: each handle holds a slot whose liveness the kernel
+//!   vouches for ([`Segment::slot_info`], [`Segment::reclaim_dead`]);
+//! - [`Offset`]: base-relative references, checked on every resolve;
+//!   [`Tagged`] / [`AtomicTagged`]: offset + 32-bit tag words for ABA-safe CAS;
+//! - [`ShmSafe`]: the marker for types allowed in a segment.
+//!
+//! # Example
+//!
+//! ```
+//! use shmkit::{Offset, SegmentOptions};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! let name = shmkit::unique_name("example-")?;
+//! let seg = SegmentOptions::posix(&name).max_size(1 << 20).create()?;
+//! let counter = Offset::<AtomicU64>::new(seg.user_offset());
+//! seg.resolve(counter)?.fetch_add(1, Ordering::Relaxed);
+//!
+//! // Another process would do exactly this, by name:
+//! let peer = SegmentOptions::posix(&name).open()?;
+//! assert_eq!(peer.resolve(counter)?.load(Ordering::Relaxed), 1);
+//! assert!(peer.is_alive(seg.slot())?);
+//! # Ok::<(), shmkit::Error>(())
+//! ```
+//!
+//! # Guarantees and limitations
+//!
+//! - **Untrusted memory.** Opening a segment copies the header once and checks
+//!   magic, version, layout fingerprint, checksum and every size and offset before
+//!   use; anything wrong is a typed [`Error`]. [`Offset`]s are bounds- and
+//!   alignment-checked on every resolve. A peer that *truncates* a POSIX or file
+//!   object under a mapping can still make others fault (SIGBUS); memfd segments
+//!   are sealed against that.
+//! - **Crash safety.** A creator killed during initialisation never leaves a
+//!   segment that opens as `Ready`; openers get [`Error::CreatorDied`] and
+//!   [`SegmentOptions::open_or_create`] reclaims it. A process killed while
+//!   attaching or attached leaves a registry slot that peers see as dead and reclaim.
+//! - **Checked by:** loom models of the init-state protocol and the slot claim
+//!   (including a thread that stops half-way); multi-process and `SIGKILL` tests of
+//!   real segments; a fuzz target over segment images; miri over the heap-backed
+//!   region.
+//! - **Platform:** Linux only (x86_64, aarch64). Segments are at most 64 GiB.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "shmkit supports Linux only (futex, memfd, OFD locks); other platforms are not implemented yet"
+);
+
+mod error;
+mod layout;
+#[doc(hidden)]
+pub mod loom;
+mod ptr;
+mod segment;
+
+pub use error::{Error, Result};
+pub use layout::{PAGE_SIZE, ShmSafe};
+pub use ptr::{AtomicTagged, Offset, Tagged};
+pub use segment::{
+    DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, MAX_NAME_LEN, Opened, Segment,
+    SegmentKind, SegmentOptions, SlotInfo, SlotState, recv_fd, unique_name,
+};
+
+/// The lock-free state machines under the segment, exposed for the loom models in
+/// `tests/loom_*.rs`. Not a stable API.
+#[doc(hidden)]
+pub mod model {
+    pub use crate::segment::init;
+    pub use crate::segment::locks::{LockTable, MemHandle, MemLocks};
+    pub use crate::segment::registry::{Identity, Slot, claim, reclaim, release};
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,191 @@
+//! The one door for atomics, `UnsafeCell`, spinning and futex calls.
+//!
+//! Everything in shmkit that synchronises goes through this module, so that the
+//! same code runs on std in production and on [loom] in the model tests
+//! (`RUSTFLAGS="--cfg loom"`). `clippy.toml` forbids the std atomics and
+//! `UnsafeCell` everywhere else.
+//!
+//! Under loom the futex is a stand-in: `futex_wait` re-checks the word and yields
+//! (so a lost wake-up shows up as a model that cannot make progress) and
+//! `futex_wake` is a no-op.
+//!
+//! [loom]: https://docs.rs/loom
+#![allow(clippy::disallowed_types)]
+
+use std::time::Duration;
+
+pub use std::sync::atomic::Ordering;
+
+#[cfg(loom)]
+use loom::sync::atomic as imp;
+#[cfg(not(loom))]
+use std::sync::atomic as imp;
+
+macro_rules! atomic {
+    ($name:ident, $int:ty) => {
+        /// An atomic integer that is std's in production and loom's under `cfg(loom)`.
+        ///
+        /// `#[repr(transparent)]` over the std type, so it has the same size,
+        /// alignment and bit validity (production layout asserts hold).
+        #[repr(transparent)]
+        #[derive(Debug, Default)]
+        pub struct $name(imp::$name);
+
+        #[allow(dead_code, reason = "the full atomic API, for every layer")]
+        impl $name {
+            /// A new atomic with value `v`.
+            #[cfg(not(loom))]
+            pub const fn new(v: $int) -> Self {
+                Self(imp::$name::new(v))
+            }
+            /// A new atomic with value `v`.
+            #[cfg(loom)]
+            pub fn new(v: $int) -> Self {
+                Self(imp::$name::new(v))
+            }
+            /// Loads the value.
+            #[inline]
+            pub fn load(&self, order: Ordering) -> $int {
+                self.0.load(order)
+            }
+            /// Stores a value.
+            #[inline]
+            pub fn store(&self, v: $int, order: Ordering) {
+                self.0.store(v, order)
+            }
+            /// Swaps in a value, returning the old one.
+            #[inline]
+            pub fn swap(&self, v: $int, order: Ordering) -> $int {
+                self.0.swap(v, order)
+            }
+            /// Compare-and-swap.
+            ///
+            /// # Errors
+            ///
+            /// The current value when it was not `current`.
+            #[inline]
+            pub fn compare_exchange(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int> {
+                self.0.compare_exchange(current, new, success, failure)
+            }
+            /// Weak compare-and-swap (may fail spuriously).
+            ///
+            /// # Errors
+            ///
+            /// The current value when it was not `current`, or spuriously.
+            #[inline]
+            pub fn compare_exchange_weak(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int> {
+                self.0.compare_exchange_weak(current, new, success, failure)
+            }
+            /// Adds, returning the old value.
+            #[inline]
+            pub fn fetch_add(&self, v: $int, order: Ordering) -> $int {
+                self.0.fetch_add(v, order)
+            }
+            /// Subtracts, returning the old value.
+            #[inline]
+            pub fn fetch_sub(&self, v: $int, order: Ordering) -> $int {
+                self.0.fetch_sub(v, order)
+            }
+            /// Bitwise or, returning the old value.
+            #[inline]
+            pub fn fetch_or(&self, v: $int, order: Ordering) -> $int {
+                self.0.fetch_or(v, order)
+            }
+            /// Bitwise and, returning the old value.
+            #[inline]
+            pub fn fetch_and(&self, v: $int, order: Ordering) -> $int {
+                self.0.fetch_and(v, order)
+            }
+            /// Maximum, returning the old value.
+            #[inline]
+            pub fn fetch_max(&self, v: $int, order: Ordering) -> $int {
+                self.0.fetch_max(v, order)
+            }
+        }
+    };
+}
+
+atomic!(AtomicU32, u32);
+atomic!(AtomicU64, u64);
+
+/// A fence (std's or loom's).
+#[inline]
+#[allow(dead_code, reason = "for the lock and queue layers")]
+pub fn fence(order: Ordering) {
+    imp::fence(order)
+}
+
+#[cfg(loom)]
+pub(crate) use loom::sync::Arc;
+#[cfg(not(loom))]
+pub(crate) use std::sync::Arc;
+
+/// A hint that we are in a spin loop.
+#[inline]
+#[allow(dead_code, reason = "for the lock and queue layers")]
+pub fn spin_loop() {
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
+/// Give the CPU away for a moment (or, under loom, let another thread run).
+#[inline]
+#[allow(dead_code, reason = "for the lock and queue layers")]
+pub fn yield_now() {
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
+/// Sleep on `word` while it still holds `expected`, for at most `timeout`.
+///
+/// Uses the *shared* futex (no `FUTEX_PRIVATE_FLAG`), so a wake from another
+/// process reaches us. Spurious returns are allowed: callers re-check their
+/// condition in a loop.
+#[cfg(not(loom))]
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    use rustix::thread::futex;
+    let ts = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    // EAGAIN (value changed), ETIMEDOUT and EINTR all mean "re-check", which
+    // every caller does; nothing else can fail for a valid, aligned word.
+    let _ = futex::wait(&word.0, futex::Flags::empty(), expected, ts.as_ref());
+}
+
+/// Wake up to `count` sleepers on `word`, in any process.
+#[cfg(not(loom))]
+pub fn futex_wake(word: &AtomicU32, count: u32) {
+    use rustix::thread::futex;
+    // The only failure for a valid, aligned word is EFAULT, impossible for a
+    // reference; a failed wake cannot corrupt anything, waiters time out.
+    let _ = futex::wake(&word.0, futex::Flags::empty(), count);
+}
+
+/// Loom stand-in: re-check, then yield.
+#[cfg(loom)]
+pub fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
+    if word.load(Ordering::Acquire) == expected {
+        loom::thread::yield_now();
+    }
+}
+
+/// Loom stand-in: waking is implicit in `futex_wait`'s yield.
+#[cfg(loom)]
+pub fn futex_wake(_word: &AtomicU32, _count: u32) {}

@@ -1,0 +1,208 @@
+//! The segment header at offset 0, and its validation.
+//!
+//! # Layout (format version 1, 4096 bytes reserved)
+//!
+//! | offset | field          | written                                     |
+//! |--------|----------------|---------------------------------------------|
+//! | 0      | `magic`        | by the creator, before `Ready`              |
+//! | 8      | `state`        | atomic: `Uninit → Initializing → Ready`     |
+//! | 12     | `version`      | before `Ready`                              |
+//! | 16     | `committed`    | atomic, grows while the segment is in use   |
+//! | 24     | `fields`       | immutable after `Ready`, covered by `checksum` |
+//!
+//! Openers read nothing but `state` until it is `Ready` (Acquire), then copy the
+//! immutable part into a local once ([`HeaderFields::snapshot`]) and check it.
+
+use crate::error::{Error, Result};
+use crate::layout::{FNV_START, PAGE_SIZE, fnv1a};
+use crate::loom::{AtomicU32, AtomicU64};
+
+/// The magic bytes at offset 0.
+pub(crate) const MAGIC: [u8; 8] = *b"SHMKIT\x00\x01";
+/// The on-segment format version this build reads and writes.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Bytes reserved for the header (the first page).
+pub(crate) const HEADER_SIZE: u64 = PAGE_SIZE;
+/// Largest segment (the tagged-offset limit).
+pub(crate) const MAX_SEGMENT_SIZE: u64 = crate::ptr::Tagged::MAX_OFFSET;
+/// Largest registry.
+pub(crate) const MAX_SLOTS: u32 = 1 << 16;
+
+/// The header as it lies in the segment.
+#[repr(C)]
+pub(crate) struct Header {
+    pub magic: [u8; 8],
+    pub state: AtomicU32,
+    pub version: u32,
+    pub committed: AtomicU64,
+    pub fields: HeaderFields,
+}
+
+/// The immutable part of the header.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HeaderFields {
+    pub fingerprint: u64,
+    pub header_size: u64,
+    pub max_size: u64,
+    pub seed: u64,
+    pub creator_pid: u32,
+    pub creator_uid: u32,
+    pub creator_start_time: u64,
+    pub creator_incarnation: u64,
+    pub created_ns: u64,
+    pub registry_offset: u64,
+    pub registry_slots: u32,
+    pub slot_size: u32,
+    pub user_offset: u64,
+    pub heap_offset: u64,
+    pub directory_offset: u64,
+    pub reserved: [u64; 4],
+    pub checksum: u64,
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(size_of::<Header>() <= HEADER_SIZE as usize);
+    assert!(std::mem::offset_of!(Header, state) == 8);
+    assert!(std::mem::offset_of!(Header, committed) == 16);
+    assert!(std::mem::offset_of!(Header, fields) == 24);
+};
+
+/// The fingerprint of this build's layout: architecture, endianness, pointer width,
+/// format version and the sizes of the structures in the segment.
+pub(crate) fn fingerprint() -> u64 {
+    let mut h = fnv1a(FNV_START, std::env::consts::ARCH.as_bytes());
+    h = fnv1a(
+        h,
+        if cfg!(target_endian = "little") {
+            b"le"
+        } else {
+            b"be"
+        },
+    );
+    h = fnv1a(h, &(usize::BITS).to_le_bytes());
+    h = fnv1a(h, &FORMAT_VERSION.to_le_bytes());
+    h = fnv1a(h, &(size_of::<HeaderFields>() as u64).to_le_bytes());
+    fnv1a(
+        h,
+        &(size_of::<super::registry::Slot>() as u64).to_le_bytes(),
+    )
+}
+
+impl HeaderFields {
+    /// The checksum over every field but `checksum` itself, plus magic and version.
+    pub fn compute_checksum(&self) -> u64 {
+        let mut h = fnv1a(FNV_START, &MAGIC);
+        h = fnv1a(h, &FORMAT_VERSION.to_le_bytes());
+        for v in [
+            self.fingerprint,
+            self.header_size,
+            self.max_size,
+            self.seed,
+            u64::from(self.creator_pid),
+            u64::from(self.creator_uid),
+            self.creator_start_time,
+            self.creator_incarnation,
+            self.created_ns,
+            self.registry_offset,
+            u64::from(self.registry_slots),
+            u64::from(self.slot_size),
+            self.user_offset,
+            self.heap_offset,
+            self.directory_offset,
+        ]
+        .into_iter()
+        .chain(self.reserved)
+        {
+            h = fnv1a(h, &v.to_le_bytes());
+        }
+        h
+    }
+
+    /// Checks a snapshot against itself and against the mapped length.
+    ///
+    /// # Errors
+    ///
+    /// The first thing found wrong, as a typed error.
+    pub fn validate(&self, magic: [u8; 8], version: u32, mapped_len: u64) -> Result<()> {
+        if magic != MAGIC {
+            return Err(Error::BadMagic { found: magic });
+        }
+        if version != FORMAT_VERSION {
+            return Err(Error::VersionMismatch {
+                found: version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let computed = self.compute_checksum();
+        if computed != self.checksum {
+            return Err(Error::ChecksumMismatch {
+                found: self.checksum,
+                computed,
+            });
+        }
+        let expected = fingerprint();
+        if self.fingerprint != expected {
+            return Err(Error::FingerprintMismatch {
+                found: self.fingerprint,
+                expected,
+            });
+        }
+        let bad = |what, detail: String| Err(Error::corrupt(what, detail));
+        if self.header_size != HEADER_SIZE {
+            return bad(
+                "header_size",
+                format!("{} != {HEADER_SIZE}", self.header_size),
+            );
+        }
+        if self.max_size != mapped_len {
+            return bad(
+                "max_size",
+                format!("{} but the object is {mapped_len} bytes", self.max_size),
+            );
+        }
+        if self.slot_size as usize != size_of::<super::registry::Slot>() {
+            return bad("slot_size", format!("{}", self.slot_size));
+        }
+        if self.registry_slots == 0 || self.registry_slots > MAX_SLOTS {
+            return bad("registry_slots", format!("{}", self.registry_slots));
+        }
+        let reg_end = u64::from(self.registry_slots)
+            .checked_mul(u64::from(self.slot_size))
+            .and_then(|n| n.checked_add(self.registry_offset));
+        match reg_end {
+            Some(end)
+                if self.registry_offset >= HEADER_SIZE
+                    && self.registry_offset % 64 == 0
+                    && end <= self.user_offset => {}
+            _ => {
+                return bad(
+                    "registry_offset",
+                    format!(
+                        "{:#x} with {} slots does not fit below {:#x}",
+                        self.registry_offset, self.registry_slots, self.user_offset
+                    ),
+                );
+            }
+        }
+        if self.user_offset % PAGE_SIZE != 0 || self.user_offset > self.max_size {
+            return bad("user_offset", format!("{:#x}", self.user_offset));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a committed size read from the header against the validated fields.
+pub(crate) fn check_committed(committed: u64, f: &HeaderFields) -> Result<u64> {
+    if committed < f.user_offset || committed > f.max_size || committed % PAGE_SIZE != 0 {
+        return Err(Error::corrupt(
+            "committed",
+            format!(
+                "{committed:#x} outside [{:#x}, {:#x}] or not page-aligned",
+                f.user_offset, f.max_size
+            ),
+        ));
+    }
+    Ok(committed)
+}

@@ -1,0 +1,23 @@
+//! Segments: shared memory of every kind, one builder, one init protocol, one
+//! process registry.
+
+mod handle;
+mod header;
+#[doc(hidden)]
+pub mod init;
+#[doc(hidden)]
+pub mod locks;
+mod mapping;
+mod names;
+mod options;
+mod os;
+mod proc;
+#[doc(hidden)]
+pub mod registry;
+mod store;
+
+pub use handle::{Segment, SlotInfo, SlotState, recv_fd};
+pub use names::{MAX_NAME_LEN, unique_name};
+pub use options::{
+    DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, Opened, SegmentKind, SegmentOptions,
+};

@@ -1,0 +1,267 @@
+//! `SegmentOptions`: one builder for every kind of segment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::layout::{PAGE_SIZE, align_up};
+use crate::segment::header::{HEADER_SIZE, MAX_SEGMENT_SIZE, MAX_SLOTS};
+use crate::segment::registry::Slot;
+
+/// Default maximum size: 64 MiB of address space (not memory: only the committed
+/// part is backed).
+pub const DEFAULT_MAX_SIZE: u64 = 64 << 20;
+/// Default number of registry slots (concurrently attached handles).
+pub const DEFAULT_SLOTS: u32 = 128;
+/// Default bound on how long `open` waits for a segment being created.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Which kind of segment, and how it is found.
+#[derive(Clone, Debug)]
+pub(crate) enum Spec {
+    Posix(String),
+    File(PathBuf),
+    Memfd,
+    Anonymous,
+    SysV(Option<i32>),
+    SysVId(i32),
+    Heap,
+}
+
+/// The kind of a segment.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SegmentKind {
+    /// Named POSIX shared memory (`/dev/shm/<name>`).
+    Posix,
+    /// A regular file: persists after every process has exited.
+    File,
+    /// A memfd, shared by passing its descriptor (sealed against resizing).
+    Memfd,
+    /// Anonymous shared memory inherited across `fork`.
+    Anonymous,
+    /// System V shared memory (`shmget`).
+    SysV,
+    /// Process memory laid out like a segment (tests, miri, loom).
+    Heap,
+}
+
+/// Whether [`SegmentOptions::open_or_create`] created the segment or opened an
+/// existing one.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// This call created it.
+    Created,
+    /// It already existed (possibly after reclaiming a half-made one).
+    Existing,
+}
+
+/// Builder for every kind of [`Segment`](crate::Segment).
+///
+/// A segment reserves `max_size` bytes of address space, mapped once and never
+/// remapped, of which the first `committed` bytes are backed; it grows with
+/// [`Segment::commit`](crate::Segment::commit).
+///
+/// # Examples
+///
+/// ```
+/// use shmkit::SegmentOptions;
+///
+/// let name = shmkit::unique_name("doc-")?;
+/// let seg = SegmentOptions::posix(&name).max_size(1 << 20).create()?;
+/// let peer = SegmentOptions::posix(&name).open()?;
+/// assert_eq!(peer.seed(), seg.seed());
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    pub(crate) spec: Spec,
+    pub(crate) max_size: u64,
+    pub(crate) committed: Option<u64>,
+    pub(crate) mode: u32,
+    pub(crate) slots: u32,
+    pub(crate) open_timeout: Duration,
+    pub(crate) allow_foreign_owner: bool,
+    pub(crate) allow_shared_write: bool,
+    pub(crate) init_hook: Option<fn()>,
+}
+
+/// The sizes a new segment will have.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Plan {
+    pub max_size: u64,
+    pub committed: u64,
+    pub registry_offset: u64,
+    pub slots: u32,
+    pub user_offset: u64,
+}
+
+impl SegmentOptions {
+    fn new(spec: Spec) -> Self {
+        Self {
+            spec,
+            max_size: DEFAULT_MAX_SIZE,
+            committed: None,
+            mode: 0o600,
+            slots: DEFAULT_SLOTS,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            allow_foreign_owner: false,
+            allow_shared_write: false,
+            init_hook: None,
+        }
+    }
+
+    /// A named POSIX shared-memory object, `/dev/shm/<name>`. A leading `/` is
+    /// accepted. Use [`unique_name`](crate::unique_name) for names others must not guess.
+    pub fn posix(name: &str) -> Self {
+        Self::new(Spec::Posix(name.to_owned()))
+    }
+
+    /// A regular file at `path`: the segment persists, with its contents, after
+    /// every process has exited, and is reopened with [`open`](Self::open).
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::new(Spec::File(path.into()))
+    }
+
+    /// A memfd: create it, then hand its descriptor to another process with
+    /// [`Segment::send_fd`](crate::Segment::send_fd); that process opens it with
+    /// [`open_fd`](Self::open_fd).
+    pub fn memfd() -> Self {
+        Self::new(Spec::Memfd)
+    }
+
+    /// Anonymous shared memory for a process and the children it `fork`s (each
+    /// child calls [`Segment::after_fork`](crate::Segment::after_fork)).
+    pub fn anonymous() -> Self {
+        Self::new(Spec::Anonymous)
+    }
+
+    /// System V shared memory under `key` (create or open by key).
+    pub fn sysv(key: i32) -> Self {
+        Self::new(Spec::SysV(Some(key)))
+    }
+
+    /// A new private System V segment (`IPC_PRIVATE`); hand its id
+    /// ([`Segment::sysv_id`](crate::Segment::sysv_id)) to children, for example in
+    /// an environment variable read by [`Segment::sysv_from_env`](crate::Segment::sysv_from_env).
+    pub fn sysv_private() -> Self {
+        Self::new(Spec::SysV(None))
+    }
+
+    /// The existing System V segment with this id (open only).
+    pub fn sysv_id(id: i32) -> Self {
+        Self::new(Spec::SysVId(id))
+    }
+
+    /// Process memory laid out like a segment: for tests, miri and loom. Other
+    /// handles come from [`Segment::try_clone`](crate::Segment::try_clone).
+    pub fn heap() -> Self {
+        Self::new(Spec::Heap)
+    }
+
+    /// The maximum size in bytes (a multiple of 4096, at most 64 GiB). Default 64 MiB.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// The initially committed (backed) size, a multiple of 4096. Default: just the
+    /// header and registry.
+    pub fn committed(mut self, bytes: u64) -> Self {
+        self.committed = Some(bytes);
+        self
+    }
+
+    /// Permission bits of a created object (default `0o600`), set with `fchmod` so
+    /// the umask does not change them.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Number of registry slots, 1 to 65536 (default 128).
+    pub fn registry_slots(mut self, slots: u32) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// How long `open` waits for a segment that is being created (default 1 s).
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Accept, on open, an object owned by another user (refused by default).
+    pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
+        self.allow_foreign_owner = allow;
+        self
+    }
+
+    /// Accept, on open, an object that group or others may write (refused by default).
+    pub fn allow_shared_write(mut self, allow: bool) -> Self {
+        self.allow_shared_write = allow;
+        self
+    }
+
+    /// Test hook: called by a creator half-way through initialisation (after the
+    /// object exists and the header is partly written, before it is `Ready`).
+    #[doc(hidden)]
+    pub fn init_hook(mut self, hook: fn()) -> Self {
+        self.init_hook = Some(hook);
+        self
+    }
+
+    /// The kind these options make or open.
+    pub fn kind(&self) -> SegmentKind {
+        match self.spec {
+            Spec::Posix(_) => SegmentKind::Posix,
+            Spec::File(_) => SegmentKind::File,
+            Spec::Memfd => SegmentKind::Memfd,
+            Spec::Anonymous => SegmentKind::Anonymous,
+            Spec::SysV(_) | Spec::SysVId(_) => SegmentKind::SysV,
+            Spec::Heap => SegmentKind::Heap,
+        }
+    }
+
+    /// Checks the sizes and works out the layout of a new segment.
+    pub(crate) fn plan(&self) -> Result<Plan> {
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return Err(Error::InvalidArgument("registry_slots must be 1..=65536"));
+        }
+        if self.mode & !0o777 != 0 {
+            return Err(Error::InvalidArgument("mode has bits outside 0o777"));
+        }
+        let registry_offset = HEADER_SIZE;
+        let reg_bytes = u64::from(self.slots) * size_of::<Slot>() as u64;
+        let user_offset = align_up(registry_offset + reg_bytes, PAGE_SIZE)
+            .ok_or(Error::InvalidArgument("registry too large"))?;
+        let max = self.max_size;
+        let size_err = |size, reason| Err(Error::InvalidSize { size, reason });
+        if max == 0 {
+            return size_err(max, "max_size is 0");
+        }
+        if max % PAGE_SIZE != 0 {
+            return size_err(max, "max_size is not a multiple of 4096");
+        }
+        if max > MAX_SEGMENT_SIZE {
+            return size_err(max, "max_size exceeds 64 GiB");
+        }
+        if max < user_offset {
+            return size_err(max, "max_size cannot hold the header and registry");
+        }
+        let committed = self.committed.unwrap_or(user_offset);
+        if committed % PAGE_SIZE != 0 {
+            return size_err(committed, "committed is not a multiple of 4096");
+        }
+        if committed > max {
+            return size_err(committed, "committed exceeds max_size");
+        }
+        Ok(Plan {
+            max_size: max,
+            committed: committed.max(user_offset),
+            registry_offset,
+            slots: self.slots,
+            user_offset,
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! Segments backed by a file descriptor: named POSIX shm (a file in `/dev/shm`, as
+//! glibc and musl implement `shm_open`), plain files, and memfds.
+#![allow(unsafe_code)]
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use rustix::fs::{self, FallocateFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::segment::mapping::{Mapping, Unmap};
+
+/// Where POSIX shared-memory objects live on Linux.
+pub(crate) const SHM_DIR: &str = "/dev/shm";
+
+/// Who and what an opened object is.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Opens (or, with `create`, exclusively creates) `path`, never following a symlink.
+/// A created object gets exactly `mode`, set with `fchmod` so the umask cannot widen
+/// or narrow it.
+pub(crate) fn open(path: &Path, create: bool, mode: u32, what: &str) -> Result<OwnedFd> {
+    let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    if create {
+        flags |= OFlags::CREATE | OFlags::EXCL;
+    }
+    let fd = fs::open(path, flags, Mode::from_raw_mode(mode & 0o777)).map_err(|e| match e {
+        Errno::EXIST => Error::AlreadyExists(what.to_owned()),
+        Errno::NOENT => Error::NotFound(what.to_owned()),
+        // O_NOFOLLOW on a symlink gives ELOOP; on a fifo or device, RDWR may block or
+        // succeed, which the fstat check below refuses.
+        Errno::LOOP | Errno::ISDIR | Errno::NXIO => Error::NotRegularFile(what.to_owned()),
+        Errno::NOSPC => Error::NoSpace {
+            requested: 0,
+            available: 0,
+        },
+        e => Error::os(
+            if create {
+                "open(O_CREAT|O_EXCL)"
+            } else {
+                "open"
+            },
+            e,
+        ),
+    })?;
+    if create {
+        fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777)).map_err(Error::at("fchmod"))?;
+    }
+    Ok(fd)
+}
+
+/// Refuses what is not a regular file, what another uid owns and what group or
+/// others may write, unless allowed.
+pub(crate) fn check_object(
+    fd: BorrowedFd<'_>,
+    what: &str,
+    allow_foreign_owner: bool,
+    allow_shared_write: bool,
+) -> Result<fs::Stat> {
+    let st = fs::fstat(fd).map_err(Error::at("fstat"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::NotRegularFile(what.to_owned()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if !allow_foreign_owner && st.st_uid != me {
+        return Err(Error::ForeignOwner {
+            found: st.st_uid,
+            expected: me,
+        });
+    }
+    if !allow_shared_write && st.st_mode & 0o022 != 0 {
+        return Err(Error::InsecureMode {
+            mode: st.st_mode & 0o7777,
+        });
+    }
+    Ok(st)
+}
+
+/// Current size of the object.
+pub(crate) fn size(fd: BorrowedFd<'_>) -> Result<u64> {
+    Ok(fs::fstat(fd).map_err(Error::at("fstat"))?.st_size as u64)
+}
+
+/// Identity (device, inode) and link count.
+pub(crate) fn identity(fd: BorrowedFd<'_>) -> Result<(Identity, u64)> {
+    let st = fs::fstat(fd).map_err(Error::at("fstat"))?;
+    Ok((
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        },
+        st.st_nlink,
+    ))
+}
+
+/// Sets the (sparse) size: reserves the address range, allocates nothing.
+pub(crate) fn set_size(fd: BorrowedFd<'_>, len: u64) -> Result<()> {
+    fs::ftruncate(fd, len).map_err(|e| nospace_or(fd, e, len, "ftruncate"))
+}
+
+/// Allocates backing store for `[0, len)` so that touching it can never SIGBUS.
+pub(crate) fn commit(fd: BorrowedFd<'_>, from: u64, to: u64) -> Result<()> {
+    loop {
+        match fs::fallocate(fd, FallocateFlags::KEEP_SIZE, from, to - from) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(nospace_or(fd, e, to - from, "fallocate")),
+        }
+    }
+}
+
+fn nospace_or(fd: BorrowedFd<'_>, e: Errno, requested: u64, op: &'static str) -> Error {
+    if e == Errno::NOSPC || e == Errno::FBIG {
+        let available = fs::fstatvfs(fd)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        Error::NoSpace {
+            requested,
+            available,
+        }
+    } else {
+        Error::os(op, e)
+    }
+}
+
+/// Maps `[0, len)` of `fd` shared, read-write.
+pub(crate) fn map(fd: BorrowedFd<'_>, len: u64) -> Result<Mapping> {
+    let len = usize::try_from(len).map_err(|_| Error::InvalidSize {
+        size: len,
+        reason: "larger than the address space",
+    })?;
+    // SAFETY: a fresh mapping (null hint) of a descriptor we hold open; no existing
+    // memory is affected. Ownership goes to the Mapping, which munmaps it.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(Error::at("mmap"))?;
+    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::os("mmap", Errno::FAULT))?;
+    // SAFETY: just mapped with munmap as its release, `len` bytes.
+    Ok(unsafe { Mapping::new(ptr, len, Unmap::Munmap) })
+}
+
+/// Reads the 4-byte state word at offset 8 without mapping (for reclaim checks).
+pub(crate) fn read_state(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut buf = [0u8; 4];
+    let n = rustix::io::pread(fd, &mut buf, 8).map_err(Error::at("pread"))?;
+    Ok(if n == 4 { u32::from_ne_bytes(buf) } else { 0 })
+}
+
+/// Unlinks `path` only if it still names the object `id`.
+pub(crate) fn unlink_if_same(path: &Path, id: Identity) -> Result<bool> {
+    match fs::lstat(path) {
+        Ok(st) if st.st_dev == id.dev && st.st_ino == id.ino => match fs::unlink(path) {
+            Ok(()) | Err(Errno::NOENT) => Ok(true),
+            Err(e) => Err(Error::os("unlink", e)),
+        },
+        Ok(_) | Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(Error::os("lstat", e)),
+    }
+}
+
+/// Unlinks `path`.
+pub(crate) fn unlink(path: &Path, what: &str) -> Result<()> {
+    fs::unlink(path).map_err(|e| match e {
+        Errno::NOENT => Error::NotFound(what.to_owned()),
+        e => Error::os("unlink", e),
+    })
+}
+
+/// A new open file description for the same object (for a new handle's locks).
+pub(crate) fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(Error::at("reopen /proc/self/fd"))
+}

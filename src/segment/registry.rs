@@ -1,0 +1,210 @@
+//! The process registry: a fixed table of slots in the segment, one per attached
+//! process handle.
+//!
+//! # Slot state word
+//!
+//! | word                        | meaning                                             |
+//! |-----------------------------|-----------------------------------------------------|
+//! | `0`                         | free                                                |
+//! | `incarnation \| CLAIMING`   | a process is claiming it (may have died doing so)   |
+//! | `incarnation \| ACTIVE`     | attached; the owner holds the slot's liveness lock  |
+//!
+//! `incarnation` is a random 64-bit value with its two low bits cleared, drawn anew
+//! at every attach; `(slot, incarnation)` is the owner tag the rest of shmkit uses.
+//!
+//! # Protocol
+//!
+//! *Claim*: CAS `0 → inc|CLAIMING`; take the slot's liveness lock (if another handle
+//! holds it, undo and try the next slot); fill in pid and start time; CAS
+//! `inc|CLAIMING → inc|ACTIVE` (fails only if a reclaimer freed the slot meanwhile,
+//! in which case unlock and go on). *Release*: CAS `inc|ACTIVE → 0`, then unlock.
+//! *Reclaim*: take the slot's lock (proof that no live process holds it), then CAS
+//! whatever non-zero word is there to `0`, then unlock.
+//!
+//! A process killed at any step leaves either a free slot, or a non-free slot whose
+//! lock the kernel released: reclaimable, never stuck. A claimer that finds its slot
+//! reclaimed under it simply retries.
+#![allow(unsafe_code)]
+
+use crate::error::{Error, Result};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::segment::locks::LockTable;
+
+/// Low bits of a slot word.
+pub(crate) const STATUS_MASK: u64 = 0b11;
+/// Status: being claimed.
+pub(crate) const CLAIMING: u64 = 0b01;
+/// Status: attached.
+pub(crate) const ACTIVE: u64 = 0b10;
+
+/// One registry slot, 64 bytes, in the segment.
+#[repr(C)]
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct Slot {
+    /// See the module docs.
+    pub state: AtomicU64,
+    /// The owner's pid, in the owner's pid namespace.
+    pub pid: AtomicU32,
+    /// Reserved.
+    pub flags: AtomicU32,
+    /// The owner's start time, in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: AtomicU64,
+    /// The inode of the owner's pid namespace (`/proc/self/ns/pid`), 0 if unknown.
+    pub pidns: AtomicU64,
+    /// When the slot was claimed, nanoseconds since the Unix epoch.
+    pub attached_ns: AtomicU64,
+    /// Reserved for a heartbeat and later use.
+    pub reserved: [AtomicU64; 3],
+}
+
+// SAFETY: repr(C), atomics only, every bit pattern valid, nothing process-local.
+unsafe impl crate::ShmSafe for Slot {}
+
+#[cfg(not(loom))]
+const _: () = assert!(size_of::<Slot>() == 64);
+
+impl Slot {
+    /// A free slot.
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            pid: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            start_time: AtomicU64::new(0),
+            pidns: AtomicU64::new(0),
+            attached_ns: AtomicU64::new(0),
+            reserved: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Who is claiming a slot.
+#[derive(Copy, Clone, Debug, Default)]
+#[doc(hidden)]
+pub struct Identity {
+    /// Random, two low bits clear, non-zero.
+    pub incarnation: u64,
+    /// Our pid.
+    pub pid: u32,
+    /// Our start time in clock ticks.
+    pub start_time: u64,
+    /// Our pid namespace inode.
+    pub pidns: u64,
+    /// Now, in ns since the epoch.
+    pub now_ns: u64,
+}
+
+/// Lock index of slot `i`.
+#[inline]
+pub(crate) fn lock_index(i: u32) -> u32 {
+    i + 1
+}
+
+/// Claims a free slot for `who`. Returns the slot index.
+///
+/// # Errors
+///
+/// [`Error::RegistryFull`] if no slot is free; lock errors from the OS.
+#[doc(hidden)]
+pub fn claim(slots: &[Slot], locks: &impl LockTable, who: &Identity) -> Result<u32> {
+    let claiming = who.incarnation | CLAIMING;
+    for (i, slot) in slots.iter().enumerate() {
+        let i = i as u32;
+        if slot.state.load(Ordering::Relaxed) != 0 {
+            continue;
+        }
+        // SYNC: Acquire pairs with the Release CAS to 0 in release/reclaim: the
+        // previous owner's use of the slot happens before ours. Failure: Relaxed,
+        // we only move on.
+        if slot
+            .state
+            .compare_exchange(0, claiming, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        if !locks.try_lock(lock_index(i))? {
+            // A reclaimer, or a forked descendant of a dead owner, holds the lock.
+            let _ = slot
+                .state
+                .compare_exchange(claiming, 0, Ordering::Release, Ordering::Relaxed);
+            continue;
+        }
+        slot.pid.store(who.pid, Ordering::Relaxed);
+        slot.start_time.store(who.start_time, Ordering::Relaxed);
+        slot.pidns.store(who.pidns, Ordering::Relaxed);
+        slot.attached_ns.store(who.now_ns, Ordering::Relaxed);
+        // SYNC: Release publishes the identity fields above; pairs with the Acquire
+        // load of the state word in `inspect`.
+        match slot.state.compare_exchange(
+            claiming,
+            who.incarnation | ACTIVE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return Ok(i),
+            Err(_) => locks.unlock(lock_index(i)),
+        }
+    }
+    Err(Error::RegistryFull {
+        slots: slots.len() as u32,
+    })
+}
+
+/// Releases slot `i` held by `incarnation`. Returns whether it was still ours.
+#[doc(hidden)]
+pub fn release(slots: &[Slot], locks: &impl LockTable, i: u32, incarnation: u64) -> bool {
+    let Some(slot) = slots.get(i as usize) else {
+        return false;
+    };
+    // SYNC: Release pairs with the Acquire CAS in `claim`: our use of the slot
+    // happens before the next claimer's.
+    let ours = slot
+        .state
+        .compare_exchange(
+            incarnation | ACTIVE,
+            0,
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_ok();
+    locks.unlock(lock_index(i));
+    ours
+}
+
+/// Frees slot `i` if it is taken but nobody holds its lock (its owner died, or died
+/// claiming it). Never frees `own` (this handle's slot). Returns whether it freed it.
+///
+/// # Errors
+///
+/// Lock errors from the OS.
+#[doc(hidden)]
+pub fn reclaim(slots: &[Slot], locks: &impl LockTable, i: u32, own: Option<u32>) -> Result<bool> {
+    let Some(slot) = slots.get(i as usize) else {
+        return Ok(false);
+    };
+    if own == Some(i) || slot.state.load(Ordering::Relaxed) == 0 {
+        return Ok(false);
+    }
+    if !locks.try_lock(lock_index(i))? {
+        return Ok(false);
+    }
+    // We hold the lock: no live process owns this slot now. SYNC: Acquire pairs with
+    // the Release CAS in `claim`, so we see the final word of the dead owner.
+    let word = slot.state.load(Ordering::Acquire);
+    // SYNC: Release pairs with the Acquire CAS in `claim` of the next claimer.
+    let freed = word != 0
+        && slot
+            .state
+            .compare_exchange(word, 0, Ordering::Release, Ordering::Relaxed)
+            .is_ok();
+    locks.unlock(lock_index(i));
+    Ok(freed)
+}

@@ -1,0 +1,103 @@
+//! What backs a segment handle: a descriptor, a System V id, or process memory;
+//! and the liveness locks each offers.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::error::Result;
+use crate::loom::Arc;
+use crate::segment::locks::{LockTable, MemHandle, MemLocks, OfdLocks};
+use crate::segment::mapping::Mapping;
+use crate::segment::os::{fd, sysv};
+
+/// The backing of one handle.
+pub(crate) enum Store {
+    /// posix, file, memfd, anonymous: the object's descriptor (its own open file
+    /// description, which carries this handle's OFD locks).
+    Fd(OwnedFd),
+    /// System V: the id and the companion lock file.
+    SysV { id: i32, lock: OwnedFd },
+    /// Heap-backed: the shared in-process lock table and this handle's token.
+    Heap { locks: Arc<MemLocks>, token: u64 },
+}
+
+/// The lock table a store offers.
+pub(crate) enum Locks<'a> {
+    Ofd(OfdLocks<'a>),
+    Mem(MemHandle<'a>),
+}
+
+impl LockTable for Locks<'_> {
+    fn try_lock(&self, i: u32) -> Result<bool> {
+        match self {
+            Locks::Ofd(l) => l.try_lock(i),
+            Locks::Mem(l) => l.try_lock(i),
+        }
+    }
+    fn unlock(&self, i: u32) {
+        match self {
+            Locks::Ofd(l) => l.unlock(i),
+            Locks::Mem(l) => l.unlock(i),
+        }
+    }
+    fn held_elsewhere(&self, i: u32) -> Result<bool> {
+        match self {
+            Locks::Ofd(l) => l.held_elsewhere(i),
+            Locks::Mem(l) => l.held_elsewhere(i),
+        }
+    }
+}
+
+impl Store {
+    /// This handle's liveness locks.
+    pub(crate) fn locks(&self) -> Locks<'_> {
+        match self {
+            Store::Fd(f) => Locks::Ofd(OfdLocks(f.as_fd())),
+            Store::SysV { lock, .. } => Locks::Ofd(OfdLocks(lock.as_fd())),
+            Store::Heap { locks, token } => Locks::Mem(MemHandle {
+                table: locks,
+                token: *token,
+            }),
+        }
+    }
+
+    /// Backs `[from, to)` so that touching it cannot fault.
+    pub(crate) fn commit(&self, map: &Mapping, from: u64, to: u64) -> Result<()> {
+        match self {
+            Store::Fd(f) => fd::commit(f.as_fd(), from, to),
+            Store::SysV { .. } => sysv::populate(map, from, to),
+            Store::Heap { .. } => Ok(()),
+        }
+    }
+
+    /// A store for a second handle in this process: a new open file description
+    /// (so the two handles' locks are distinct), or a new lock token.
+    pub(crate) fn duplicate(&self) -> Result<Store> {
+        Ok(match self {
+            Store::Fd(f) => Store::Fd(fd::reopen(f.as_fd())?),
+            Store::SysV { id, .. } => Store::SysV {
+                id: *id,
+                lock: sysv::lock_file(*id)?,
+            },
+            Store::Heap { locks, .. } => Store::Heap {
+                locks: locks.clone(),
+                token: locks.token(),
+            },
+        })
+    }
+
+    /// Releases this handle's locks without detaching anything: what the kernel does
+    /// when a process dies (test support for heap-backed segments).
+    pub(crate) fn release_like_exit(&self) {
+        if let Store::Heap { locks, token } = self {
+            locks.release_all(*token);
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Descriptors close themselves (releasing their OFD locks); a heap store
+        // gives its locks back the same way.
+        self.release_like_exit();
+    }
+}
