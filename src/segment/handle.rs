@@ -345,7 +345,35 @@ impl SegmentOptions {
         }
     }
 
+    /// Creates a named object. Preferred path: build the whole segment in an unnamed
+    /// file (`O_TMPFILE`) and give it its name only once it is `Ready`, with an
+    /// exclusive `linkat`: no peer can ever see it half-made, and a creator killed
+    /// during initialisation leaves nothing behind. On file systems without unnamed
+    /// files, fall back to an exclusive create guarded by the init lock.
     fn create_named(&self, plan: Plan, path: PathBuf, what: &str) -> Result<Segment> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Some(fd) = fd::open_unnamed(dir, self.mode)? else {
+            return self.create_named_in_place(plan, path, what);
+        };
+        fd::set_size(fd.as_fd(), plan.max_size)?;
+        fd::commit(fd.as_fd(), 0, plan.committed)?;
+        let map = fd::map(fd.as_fd(), plan.max_size)?;
+        let store = Store::Fd(fd);
+        store.locks().try_lock(INIT_LOCK)?; // nobody else can see the file yet
+        let mut seg = self.initialise(plan, map, store, None)?;
+        let fd = seg
+            .as_fd()
+            .ok_or(Error::Unsupported("fd-backed segment without fd"))?;
+        fd::link_unnamed(fd, &path, what)?;
+        seg.ident = Some(fd::identity(fd)?.0);
+        seg.created = true;
+        Ok(seg)
+    }
+
+    fn create_named_in_place(&self, plan: Plan, path: PathBuf, what: &str) -> Result<Segment> {
         let fd = fd::open(&path, true, self.mode, what)?;
         let (ident, _) = fd::identity(fd.as_fd())?;
         // From here until Ready, a failure must not leave a half-made object under

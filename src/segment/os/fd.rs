@@ -186,3 +186,47 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(Error::at("reopen /proc/self/fd"))
 }
+
+/// An unnamed regular file in `dir` (`O_TMPFILE`) with exactly `mode`, or `None`
+/// if the file system does not support unnamed files.
+pub(crate) fn open_unnamed(dir: &Path, mode: u32) -> Result<Option<OwnedFd>> {
+    match fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode & 0o777),
+    ) {
+        Ok(fd) => {
+            fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777)).map_err(Error::at("fchmod"))?;
+            Ok(Some(fd))
+        }
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => Ok(None),
+        Err(Errno::NOENT) => Err(Error::NotFound(dir.display().to_string())),
+        Err(Errno::NOSPC) => Err(Error::NoSpace {
+            requested: 0,
+            available: 0,
+        }),
+        Err(e) => Err(Error::os("open(O_TMPFILE)", e)),
+    }
+}
+
+/// Gives the unnamed file `fd` the name `path`, atomically: fails with
+/// [`Error::AlreadyExists`] if anything (a symlink included) has that name.
+pub(crate) fn link_unnamed(fd: BorrowedFd<'_>, path: &Path, what: &str) -> Result<()> {
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    fs::linkat(
+        fs::CWD,
+        proc_path.as_str(),
+        fs::CWD,
+        path,
+        fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(|e| match e {
+        Errno::EXIST => Error::AlreadyExists(what.to_owned()),
+        Errno::NOENT => Error::NotFound(what.to_owned()),
+        Errno::NOSPC => Error::NoSpace {
+            requested: 0,
+            available: 0,
+        },
+        e => Error::os("linkat", e),
+    })
+}
