@@ -23,7 +23,7 @@
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //!
 //! let name = shmkit::unique_name("example-")?;
-//! let seg = SegmentOptions::posix(&name).max_size(1 << 20).create()?;
+//! let seg = SegmentOptions::posix(&name).max_size(1 << 20).committed(64 << 10).create()?;
 //! let counter = Offset::<AtomicU64>::new(seg.user_offset());
 //! seg.resolve(counter)?.fetch_add(1, Ordering::Relaxed);
 //!

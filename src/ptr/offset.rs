@@ -21,7 +21,7 @@ use crate::layout::ShmSafe;
 /// ```
 /// use shmkit::{Offset, SegmentOptions};
 ///
-/// let seg = SegmentOptions::heap().max_size(1 << 20).create()?;
+/// let seg = SegmentOptions::heap().max_size(1 << 20).committed(64 << 10).create()?;
 /// let off: Offset<u64> = Offset::new(seg.user_offset());
 /// let r: &u64 = seg.resolve(off)?;
 /// assert_eq!(*r, 0);

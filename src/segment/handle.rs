@@ -126,6 +126,8 @@ impl SegmentOptions {
                 } else {
                     "shmkit-anon"
                 })?;
+                rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(self.mode))
+                    .map_err(Error::at("fchmod"))?;
                 fd::set_size(fd.as_fd(), plan.max_size)?;
                 memfd::seal(fd.as_fd())?;
                 fd::commit(fd.as_fd(), 0, plan.committed)?;
