@@ -120,6 +120,35 @@ macro_rules! atomic {
 atomic!(AtomicU32, u32);
 atomic!(AtomicU64, u64);
 
+/// An `UnsafeCell` with loom's closure API (`with`, `with_mut`), so loom can check
+/// every access to data that atomics publish.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+#[allow(dead_code, reason = "for the queue and map layers")]
+impl<T> UnsafeCell<T> {
+    /// A new cell.
+    pub const fn new(v: T) -> Self {
+        Self(std::cell::UnsafeCell::new(v))
+    }
+    /// Runs `f` with a shared pointer to the contents.
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+    /// Runs `f` with a mutable pointer to the contents.
+    #[inline]
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+pub use loom::cell::UnsafeCell;
+
 /// A fence (std's or loom's).
 #[inline]
 #[allow(dead_code, reason = "for the lock and queue layers")]
