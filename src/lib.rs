@@ -61,6 +61,8 @@ compile_error!(
 );
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 #[doc(hidden)]
 pub mod loom;
