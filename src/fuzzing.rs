@@ -27,6 +27,9 @@ pub fn open_segment(data: &[u8]) {
     if let Ok(r) = seg.resolve(Offset::<u64>::new(committed - 8)) {
         let _ = std::hint::black_box(*r);
     }
-    let peer = seg.try_clone().expect("a slot was just freed or free");
-    assert!(peer.is_alive(seg.slot()).expect("probe"));
+    match seg.try_clone() {
+        Ok(peer) => assert!(peer.is_alive(seg.slot()).expect("probe")),
+        Err(crate::Error::RegistryFull { slots: 1 }) => {}
+        Err(e) => panic!("a second handle must attach: {e}"),
+    }
 }

@@ -221,21 +221,19 @@ fn a_reclaimer_never_frees_a_live_claimer() {
 fn die_after(k: u32, slots: &[Slot], table: &MemLocks, token: u64) {
     let me = MemHandle { table, token };
     let inc = 12;
-    if slots[0]
+    let claimed = slots[0]
         .state
         .compare_exchange(0, inc | 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_ok()
-    {
-        if k >= 1 && me.try_lock(1).unwrap() {
-            slots[0].pid.store(12, Ordering::Relaxed);
-            if k >= 2 {
-                let _ = slots[0].state.compare_exchange(
-                    inc | 1,
-                    inc | 2,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
-            }
+        .is_ok();
+    if claimed && k >= 1 && me.try_lock(1).unwrap() {
+        slots[0].pid.store(12, Ordering::Relaxed);
+        if k >= 2 {
+            let _ = slots[0].state.compare_exchange(
+                inc | 1,
+                inc | 2,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
         }
     }
     table.release_all(token); // the kernel's part of SIGKILL

@@ -15,7 +15,7 @@ use shmkit::{Error, Offset, Opened, Segment, SegmentKind, SegmentOptions, SlotSt
 
 const ROLE: &str = "SHMKIT_SEGMENT_TEST_ROLE";
 const ARG: &str = "SHMKIT_SEGMENT_TEST_ARG";
-const MAGIC: u64 = 0x5eed_0f_5e9_u64;
+const MAGIC: u64 = 0x0005_eed0_f5e9_u64;
 
 /// A child process of this test binary that is killed and reaped on drop.
 struct ChildGuard {
@@ -380,7 +380,7 @@ fn bad_sizes_are_refused_with_the_reason() {
             "not a multiple",
         ),
         (
-            SegmentOptions::memfd().max_size(u64::MAX & !4095),
+            SegmentOptions::memfd().max_size(!4095),
             "exceeds",
         ),
     ];
