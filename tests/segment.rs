@@ -379,10 +379,7 @@ fn bad_sizes_are_refused_with_the_reason() {
             SegmentOptions::heap().max_size(1 << 20).committed(5000),
             "not a multiple",
         ),
-        (
-            SegmentOptions::memfd().max_size(!4095),
-            "exceeds",
-        ),
+        (SegmentOptions::memfd().max_size(!4095), "exceeds"),
     ];
     for (opts, why) in cases {
         match opts.create() {
