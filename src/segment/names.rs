@@ -58,6 +58,12 @@ pub(crate) fn validate(name: &str) -> Result<&str> {
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub fn unique_name(prefix: &str) -> Result<String> {
+    if prefix.contains('/') {
+        return Err(Error::InvalidName {
+            name: prefix.to_owned(),
+            reason: "a name prefix may not contain `/`",
+        });
+    }
     let mut bytes = [0u8; 16];
     fill_random(&mut bytes)?;
     let mut name = String::with_capacity(prefix.len() + 32);

@@ -211,11 +211,17 @@ pub(crate) fn lock_file(id: i32) -> Result<OwnedFd> {
         rustix::io::Errno::LOOP => Error::NotRegularFile(path.display().to_string()),
         e => Error::os("open(lock file)", e),
     })?;
-    super::fd::check_object(
+    let st = super::fd::check_object(
         std::os::fd::AsFd::as_fd(&fd),
         &path.display().to_string(),
         false,
         false,
     )?;
+    // O_CREAT applied the umask to 0o600: set it exactly, so that a umask such as
+    // 0o277 cannot leave a lock file its owner's other handles cannot open.
+    if st.st_mode & 0o777 != 0o600 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))
+            .map_err(Error::at("fchmod(lock file)"))?;
+    }
     Ok(fd)
 }
