@@ -13,6 +13,17 @@ pub const MAX_IMAGE: usize = 1 << 20;
 /// Only if the library breaks its own promises (that is the bug a fuzzer finds).
 pub fn open_segment(data: &[u8]) {
     let data = &data[..data.len().min(MAX_IMAGE)];
+    open_one(data);
+    // Again with a consistent fingerprint and checksum, so the fuzzer also reaches
+    // the field checks and the registry behind them.
+    let mut repaired = data.to_vec();
+    crate::segment::repair_header(&mut repaired);
+    if repaired != data {
+        open_one(&repaired);
+    }
+}
+
+fn open_one(data: &[u8]) {
     let Ok(seg) = SegmentOptions::heap().open_image(data) else {
         return;
     };

@@ -334,34 +334,6 @@ fn an_anonymous_segment_is_shared_with_a_forked_child() {
     assert_eq!(grown, 1 << 20);
 }
 
-#[test]
-fn a_heap_segment_is_shared_between_handles_and_threads() {
-    let seg = small(SegmentOptions::heap()).create().unwrap();
-    assert_eq!(seg.kind(), SegmentKind::Heap);
-    let clones: Vec<Segment> = (0..4).map(|_| seg.try_clone().unwrap()).collect();
-    std::thread::scope(|s| {
-        for c in &clones {
-            s.spawn(|| {
-                for _ in 0..1000 {
-                    counter(c).fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    });
-    assert_eq!(counter(&seg).load(Ordering::Relaxed), 4000);
-    seg.commit(1 << 20).unwrap();
-    assert_eq!(clones[0].committed(), 1 << 20);
-    let slots: Vec<u32> = clones.iter().map(Segment::slot).collect();
-    for (c, s) in clones.into_iter().zip(&slots) {
-        assert!(seg.is_alive(*s).unwrap());
-        c.simulate_crash();
-        assert_eq!(seg.slot_info(*s).unwrap().state, SlotState::Dead);
-    }
-    let mut freed = seg.reclaim_dead().unwrap();
-    freed.sort_unstable();
-    assert_eq!(freed, slots);
-}
-
 // ---------------------------------------------------------------- error cases
 
 #[test]
@@ -545,45 +517,6 @@ fn a_received_descriptor_without_seals_is_refused() {
         Err(Error::SealsMissing { .. })
     ));
     drop(b);
-}
-
-#[test]
-fn a_full_registry_is_registry_full_until_a_slot_is_reclaimed() {
-    let seg = SegmentOptions::heap().registry_slots(3).create().unwrap();
-    let a = seg.try_clone().unwrap();
-    let b = seg.try_clone().unwrap();
-    assert!(matches!(
-        seg.try_clone(),
-        Err(Error::RegistryFull { slots: 3 })
-    ));
-    let b_slot = b.slot();
-    b.simulate_crash();
-    // Attaching reclaims the dead slot.
-    let c = seg.try_clone().unwrap();
-    assert_eq!(c.slot(), b_slot);
-    assert!(a.detach());
-    let _d = seg.try_clone().unwrap();
-}
-
-#[test]
-fn offsets_that_do_not_resolve_are_refused() {
-    let seg = small(SegmentOptions::heap()).create().unwrap();
-    let end = seg.committed();
-    let bad = |off: u64| match seg.resolve(Offset::<u64>::new(off)) {
-        Err(Error::BadOffset { reason, .. }) => reason,
-        other => panic!("{off:#x}: {other:?}"),
-    };
-    assert_eq!(bad(0), "null");
-    assert_eq!(bad(seg.user_offset() + 4), "misaligned");
-    assert_eq!(bad(end), "out of bounds");
-    assert_eq!(bad(end - 4), "misaligned");
-    assert_eq!(bad(u64::MAX - 7), "out of bounds");
-    assert!(seg.resolve(Offset::<u64>::new(end - 8)).is_ok());
-    // Past committed but inside max_size: refused until committed.
-    let beyond = Offset::<u64>::new(end + 64);
-    assert!(seg.resolve(beyond).is_err());
-    seg.commit(end + 4096).unwrap();
-    assert!(seg.resolve(beyond).is_ok());
 }
 
 // ------------------------------------------------------- corrupt segments

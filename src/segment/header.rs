@@ -12,6 +12,7 @@
 //!
 //! Openers read nothing but `state` until it is `Ready` (Acquire), then copy the
 //! immutable part into a local once ([`HeaderFields::snapshot`]) and check it.
+#![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::layout::{FNV_START, PAGE_SIZE, fnv1a};
@@ -205,4 +206,23 @@ pub(crate) fn check_committed(committed: u64, f: &HeaderFields) -> Result<u64> {
         ));
     }
     Ok(committed)
+}
+
+/// Fuzzing aid: makes the fingerprint and checksum of a header image consistent,
+/// so that a fuzzer reaches the checks behind them. No-op on a short image.
+#[doc(hidden)]
+pub fn repair_header(image: &mut [u8]) {
+    const FIELDS: usize = std::mem::offset_of!(Header, fields);
+    if image.len() < FIELDS + size_of::<HeaderFields>() {
+        return;
+    }
+    let at = image[FIELDS..].as_mut_ptr().cast::<HeaderFields>();
+    // SAFETY: the image holds a whole HeaderFields at FIELDS (checked above);
+    // unaligned access is used because a byte slice has no alignment; HeaderFields
+    // is plain integers, valid for any bytes.
+    let mut f = unsafe { at.read_unaligned() };
+    f.fingerprint = fingerprint();
+    f.checksum = f.compute_checksum();
+    // SAFETY: as above.
+    unsafe { at.write_unaligned(f) };
 }

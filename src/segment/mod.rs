@@ -17,6 +17,8 @@ pub mod registry;
 mod store;
 
 pub use handle::{Segment, SlotInfo, SlotState, recv_fd};
+#[doc(hidden)]
+pub use header::repair_header;
 pub use names::{MAX_NAME_LEN, unique_name};
 pub use options::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, Opened, SegmentKind, SegmentOptions,
