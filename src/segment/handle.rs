@@ -789,11 +789,27 @@ impl Segment {
 
     /// Base address of the mapping in this process. Addresses differ between
     /// processes: store [`Offset`]s in the segment, never pointers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// assert_eq!(seg.as_ptr() as usize % 4096, 0);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.map.ptr().as_ptr()
     }
 
     /// Bytes of address space reserved (and mapped) for the segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().max_size(1 << 20).create()?;
+    /// assert_eq!(seg.max_size(), 1 << 20);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn max_size(&self) -> u64 {
         self.fields.max_size
     }
@@ -801,6 +817,14 @@ impl Segment {
     /// Bytes currently backed. Only these may be touched.
     ///
     /// A value a peer corrupted is clamped to `[user_offset, max_size]`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().committed(64 << 10).create()?;
+    /// assert_eq!(seg.committed(), 64 << 10);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn committed(&self) -> u64 {
         // SYNC: Acquire pairs with the Release fetch_max in `commit`: the backing
         // store for the new range was allocated before it was published.
@@ -845,21 +869,53 @@ impl Segment {
     }
 
     /// The first offset past the header and registry: where the heap begins.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().registry_slots(8).create()?;
+    /// assert_eq!(seg.user_offset(), 8192); // header page + one registry page
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn user_offset(&self) -> u64 {
         self.fields.user_offset
     }
 
     /// The segment's random seed (for hash maps), the same in every process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// assert_eq!(seg.try_clone()?.seed(), seg.seed());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn seed(&self) -> u64 {
         self.fields.seed
     }
 
     /// The creator's pid (in its pid namespace).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// assert_eq!(seg.creator_pid(), std::process::id());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn creator_pid(&self) -> u32 {
         self.fields.creator_pid
     }
 
     /// The kind of segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// assert_eq!(seg.kind(), shmkit::SegmentKind::Heap);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn kind(&self) -> SegmentKind {
         match self.spec {
             Spec::Posix(_) => SegmentKind::Posix,
@@ -872,6 +928,17 @@ impl Segment {
     }
 
     /// The System V id, for System V segments.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::sysv_private().max_size(1 << 20).create()?;
+    /// let id = seg.sysv_id().unwrap();
+    /// // A child would get it as, e.g., `Command::env("MY_SHM_ID", id.to_string())`.
+    /// let peer = shmkit::SegmentOptions::sysv_id(id).open()?;
+    /// assert_eq!(peer.seed(), seg.seed());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn sysv_id(&self) -> Option<i32> {
         match self.store {
             Store::SysV { id, .. } => Some(id),
@@ -910,6 +977,15 @@ impl Segment {
     }
 
     /// The descriptor of a descriptor-backed segment (posix, file, memfd, anonymous).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::memfd().create()?;
+    /// assert!(seg.as_fd().is_some());
+    /// assert!(shmkit::SegmentOptions::heap().create()?.as_fd().is_none());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.store {
             Store::Fd(f) => Some(f.as_fd()),
@@ -922,6 +998,10 @@ impl Segment {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for other kinds; [`Error::Os`] if `sendmsg` fails.
+    ///
+    /// # Examples
+    ///
+    /// See [`SegmentOptions::open_fd`].
     pub fn send_fd(&self, socket: &impl AsFd) -> Result<()> {
         match (&self.spec, &self.store) {
             (Spec::Memfd | Spec::Anonymous, Store::Fd(f)) => {
@@ -934,21 +1014,58 @@ impl Segment {
     }
 
     /// Keeps a created named segment after this handle is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let name = shmkit::unique_name("doc-persist-")?;
+    /// let mut seg = shmkit::SegmentOptions::posix(&name).create()?;
+    /// seg.persist();
+    /// drop(seg);
+    /// assert!(shmkit::SegmentOptions::posix(&name).open().is_ok());
+    /// shmkit::SegmentOptions::posix(&name).remove()?;
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn persist(&mut self) {
         self.persist = true;
     }
 
     /// This handle's registry slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// assert_ne!(seg.try_clone()?.slot(), seg.slot());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn slot(&self) -> u32 {
         self.slot
     }
 
     /// This handle's random incarnation: `(slot, incarnation)` tags what it owns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let info = seg.slot_info(seg.slot())?;
+    /// assert_eq!(info.incarnation, seg.incarnation());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
 
     /// Number of registry slots.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().registry_slots(4).create()?;
+    /// assert_eq!(seg.registry_slots(), 4);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn registry_slots(&self) -> u32 {
         self.fields.registry_slots
     }
@@ -959,6 +1076,18 @@ impl Segment {
     ///
     /// [`Error::InvalidArgument`] for an index out of range; [`Error::Os`] if the
     /// lock probe fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::memfd().create()?;
+    /// let peer = seg.try_clone()?;
+    /// assert!(seg.is_alive(peer.slot())?);
+    /// let slot = peer.slot();
+    /// drop(peer);
+    /// assert!(!seg.is_alive(slot)?); // detached: the slot is free
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn is_alive(&self, slot: u32) -> Result<bool> {
         Ok(self.slot_info(slot)?.state == SlotState::Alive)
     }
@@ -974,6 +1103,18 @@ impl Segment {
     /// # Errors
     ///
     /// As [`is_alive`](Self::is_alive).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::SlotState;
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let peer = seg.try_clone()?;
+    /// let slot = peer.slot();
+    /// peer.simulate_crash(); // as if its process had been killed
+    /// assert_eq!(seg.slot_info(slot)?.state, SlotState::Dead);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn slot_info(&self, slot: u32) -> Result<SlotInfo> {
         let s = self
             .slots()
@@ -1028,6 +1169,15 @@ impl Segment {
     /// # Errors
     ///
     /// [`Error::Os`] if a lock probe fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let _peer = seg.try_clone()?;
+    /// assert_eq!(seg.slot_list()?.len(), 2);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn slot_list(&self) -> Result<Vec<SlotInfo>> {
         let mut v = Vec::new();
         for i in 0..self.fields.registry_slots {
@@ -1045,6 +1195,17 @@ impl Segment {
     /// # Errors
     ///
     /// [`Error::Os`] if a lock operation fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let peer = seg.try_clone()?;
+    /// let slot = peer.slot();
+    /// peer.simulate_crash();
+    /// assert_eq!(seg.reclaim_dead()?, vec![slot]);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn reclaim_dead(&self) -> Result<Vec<u32>> {
         let locks = self.store.locks();
         let mut freed = Vec::new();
@@ -1062,6 +1223,15 @@ impl Segment {
     /// # Errors
     ///
     /// [`Error::RegistryFull`], [`Error::Os`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::memfd().create()?;
+    /// let other = seg.try_clone()?;
+    /// std::thread::spawn(move || assert!(other.committed() > 0)).join().unwrap();
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn try_clone(&self) -> Result<Segment> {
         self.check_pid()?;
         let store = self.store.duplicate()?;
@@ -1083,6 +1253,18 @@ impl Segment {
     /// # Errors
     ///
     /// [`Error::RegistryFull`], [`Error::Os`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let mut seg = shmkit::SegmentOptions::anonymous().create()?;
+    /// // SAFETY: the child only calls after_fork and exits.
+    /// if unsafe { libc::fork() } == 0 {
+    ///     seg.after_fork()?;      // now the child has its own slot
+    ///     std::process::exit(0);
+    /// }
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn after_fork(&mut self) -> Result<()> {
         if self.pid == proc::self_pid() {
             return Ok(());
@@ -1116,6 +1298,17 @@ impl Segment {
     ///
     /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, or if the `T`
     /// would extend past the committed size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let word = seg.resolve(Offset::<AtomicU32>::new(seg.user_offset()))?;
+    /// word.store(5, Ordering::Relaxed);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn resolve<T: ShmSafe>(&self, offset: Offset<T>) -> Result<&T> {
         let off = offset.check(self.committed())?;
         // SAFETY: `check` proved off + size_of::<T>() <= committed <= mapping length
@@ -1127,6 +1320,15 @@ impl Segment {
     }
 
     /// Detaches explicitly (as drop does), reporting whether the slot was still ours.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let peer = seg.try_clone()?;
+    /// assert!(peer.detach());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn detach(self) -> bool {
         let mut s = self;
         let ours = s.release_slot();
@@ -1190,6 +1392,12 @@ impl Drop for Segment {
     }
 }
 
+// Handles are shared between threads (everything in them is immutable or atomic).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Segment>();
+};
+
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Segment")
@@ -1208,6 +1416,10 @@ impl std::fmt::Debug for Segment {
 ///
 /// [`Error::Os`] if `recvmsg` fails; [`Error::InvalidArgument`] if the message
 /// carried no descriptor or the socket closed.
+///
+/// # Examples
+///
+/// See [`SegmentOptions::open_fd`].
 pub fn recv_fd(socket: &impl AsFd) -> Result<OwnedFd> {
     memfd::recv_fd(socket.as_fd())
 }

@@ -113,12 +113,31 @@ impl SegmentOptions {
 
     /// A named POSIX shared-memory object, `/dev/shm/<name>`. A leading `/` is
     /// accepted. Use [`unique_name`](crate::unique_name) for names others must not guess.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::posix(&shmkit::unique_name("doc-")?).create()?;
+    /// assert_eq!(seg.kind(), shmkit::SegmentKind::Posix);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn posix(name: &str) -> Self {
         Self::new(Spec::Posix(name.to_owned()))
     }
 
     /// A regular file at `path`: the segment persists, with its contents, after
     /// every process has exited, and is reopened with [`open`](Self::open).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let path = std::env::temp_dir().join(shmkit::unique_name("doc-")?);
+    /// let seg = shmkit::SegmentOptions::file(&path).create()?;
+    /// assert!(path.exists());
+    /// drop(seg);
+    /// assert!(!path.exists()); // not persisted: removed with its creator
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn file(path: impl Into<PathBuf>) -> Self {
         Self::new(Spec::File(path.into()))
     }
@@ -126,17 +145,43 @@ impl SegmentOptions {
     /// A memfd: create it, then hand its descriptor to another process with
     /// [`Segment::send_fd`](crate::Segment::send_fd); that process opens it with
     /// [`open_fd`](Self::open_fd).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::memfd().create()?;
+    /// assert!(seg.as_fd().is_some());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn memfd() -> Self {
         Self::new(Spec::Memfd)
     }
 
     /// Anonymous shared memory for a process and the children it `fork`s (each
     /// child calls [`Segment::after_fork`](crate::Segment::after_fork)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::anonymous().create()?;
+    /// assert_eq!(seg.kind(), shmkit::SegmentKind::Anonymous);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn anonymous() -> Self {
         Self::new(Spec::Anonymous)
     }
 
     /// System V shared memory under `key` (create or open by key).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let key = 0x5d0c_0000 | (std::process::id() as i32 & 0xffff);
+    /// let seg = shmkit::SegmentOptions::sysv(key).max_size(1 << 20).create()?;
+    /// let peer = shmkit::SegmentOptions::sysv(key).open()?;
+    /// assert_eq!(peer.seed(), seg.seed());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn sysv(key: i32) -> Self {
         Self::new(Spec::SysV(Some(key)))
     }
@@ -144,22 +189,54 @@ impl SegmentOptions {
     /// A new private System V segment (`IPC_PRIVATE`); hand its id
     /// ([`Segment::sysv_id`](crate::Segment::sysv_id)) to children, for example in
     /// an environment variable read by [`Segment::sysv_from_env`](crate::Segment::sysv_from_env).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::sysv_private().max_size(1 << 20).create()?;
+    /// assert!(seg.sysv_id().is_some());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn sysv_private() -> Self {
         Self::new(Spec::SysV(None))
     }
 
     /// The existing System V segment with this id (open only).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = shmkit::SegmentOptions::sysv_id(i32::MAX).open();
+    /// assert!(matches!(r, Err(shmkit::Error::NotFound(_))));
+    /// ```
     pub fn sysv_id(id: i32) -> Self {
         Self::new(Spec::SysVId(id))
     }
 
     /// Process memory laid out like a segment: for tests, miri and loom. Other
     /// handles come from [`Segment::try_clone`](crate::Segment::try_clone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let peer = seg.try_clone()?;
+    /// assert!(peer.is_alive(seg.slot())?);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn heap() -> Self {
         Self::new(Spec::Heap)
     }
 
     /// The maximum size in bytes (a multiple of 4096, at most 64 GiB). Default 64 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().max_size(8 << 20).create()?;
+    /// assert_eq!(seg.max_size(), 8 << 20);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = bytes;
         self
@@ -167,6 +244,14 @@ impl SegmentOptions {
 
     /// The initially committed (backed) size, a multiple of 4096. Default: just the
     /// header and registry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().committed(1 << 20).create()?;
+    /// assert_eq!(seg.committed(), 1 << 20);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn committed(mut self, bytes: u64) -> Self {
         self.committed = Some(bytes);
         self
@@ -174,30 +259,72 @@ impl SegmentOptions {
 
     /// Permission bits of a created object (default `0o600`), set with `fchmod` so
     /// the umask does not change them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// let name = shmkit::unique_name("doc-mode-")?;
+    /// let _seg = shmkit::SegmentOptions::posix(&name).mode(0o640).create()?;
+    /// let mode = std::fs::metadata(format!("/dev/shm/{name}")).unwrap().permissions().mode();
+    /// assert_eq!(mode & 0o777, 0o640);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
         self
     }
 
     /// Number of registry slots, 1 to 65536 (default 128).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().registry_slots(2).create()?;
+    /// let _b = seg.try_clone()?;
+    /// assert!(matches!(seg.try_clone(), Err(shmkit::Error::RegistryFull { slots: 2 })));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn registry_slots(mut self, slots: u32) -> Self {
         self.slots = slots;
         self
     }
 
     /// How long `open` waits for a segment that is being created (default 1 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let opts = shmkit::SegmentOptions::posix("doc-missing").open_timeout(Duration::from_millis(100));
+    /// assert!(opts.open().is_err());
+    /// ```
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.open_timeout = timeout;
         self
     }
 
     /// Accept, on open, an object owned by another user (refused by default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = shmkit::SegmentOptions::posix("shared-with-a-service-user").allow_foreign_owner(true);
+    /// # let _ = opts;
+    /// ```
     pub fn allow_foreign_owner(mut self, allow: bool) -> Self {
         self.allow_foreign_owner = allow;
         self
     }
 
     /// Accept, on open, an object that group or others may write (refused by default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let opts = shmkit::SegmentOptions::posix("group-shared").allow_shared_write(true);
+    /// # let _ = opts;
+    /// ```
     pub fn allow_shared_write(mut self, allow: bool) -> Self {
         self.allow_shared_write = allow;
         self
@@ -212,6 +339,12 @@ impl SegmentOptions {
     }
 
     /// The kind these options make or open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(shmkit::SegmentOptions::memfd().kind(), shmkit::SegmentKind::Memfd);
+    /// ```
     pub fn kind(&self) -> SegmentKind {
         match self.spec {
             Spec::Posix(_) => SegmentKind::Posix,
