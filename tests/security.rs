@@ -360,13 +360,14 @@ fn check_created_mode(
             check_mode(u32::from(ds.shm_perm.mode) & 0o777, expected, &ctx, wrong);
             assert_eq!(ds.shm_perm.uid, euid(), "{ctx}: owner");
             assert_eq!(ds.shm_perm.cuid, euid(), "{ctx}: creator");
-            // The companion lock file is private to the owner: exactly 0600.
+            // The companion lock file carries exactly the segment's read/write bits,
+            // so whoever may write the segment may take its liveness locks.
             let lock = sysv_lock_path(id);
             let md = fs::symlink_metadata(&lock).expect("lock file exists");
             assert!(md.file_type().is_file(), "{ctx}: lock file not regular");
             check_mode(
                 md.mode() & 0o7777,
-                0o600,
+                expected & 0o666,
                 &format!("{ctx}: its lock file {}", lock.display()),
                 wrong,
             );

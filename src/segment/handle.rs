@@ -411,7 +411,7 @@ impl SegmentOptions {
             let _ = sysv::remove(id);
             e
         };
-        let lock = sysv::lock_file(id).map_err(cleanup)?;
+        let lock = sysv::lock_file(id, false, false).map_err(cleanup)?;
         let store = Store::SysV { id, lock };
         self.take_init_lock(&store).map_err(cleanup)?;
         if sysv::stat(id).map_err(cleanup)?.dest {
@@ -536,7 +536,7 @@ impl SegmentOptions {
         if !self.allow_shared_write && st.mode & 0o022 != 0 {
             return Err(Error::InsecureMode { mode: st.mode });
         }
-        let lock = sysv::lock_file(id)?;
+        let lock = sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?;
         self.open_store(Store::SysV { id, lock }, Spec::SysVId(id), None)
     }
 
@@ -659,7 +659,7 @@ impl SegmentOptions {
                 };
                 let store = Store::SysV {
                     id,
-                    lock: sysv::lock_file(id)?,
+                    lock: sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?,
                 };
                 if !store.locks().try_lock(INIT_LOCK)? {
                     return Ok(());

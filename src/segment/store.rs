@@ -76,7 +76,7 @@ impl Store {
             Store::Fd(f) => Store::Fd(fd::reopen(f.as_fd())?),
             Store::SysV { id, .. } => Store::SysV {
                 id: *id,
-                lock: sysv::lock_file(*id)?,
+                lock: sysv::lock_file(*id, true, true)?,
             },
             Store::Heap { locks, .. } => Store::Heap {
                 locks: locks.clone(),

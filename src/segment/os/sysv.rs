@@ -197,31 +197,47 @@ pub(crate) fn lock_path(id: i32) -> PathBuf {
     PathBuf::from(format!("{}/.shmkit-sysv-{id}.lock", super::fd::SHM_DIR))
 }
 
-/// Opens (creating if needed) the companion lock file, refusing a symlink or a file
-/// of another owner.
-pub(crate) fn lock_file(id: i32) -> Result<OwnedFd> {
+/// Opens (creating if needed) the companion lock file of segment `id`, refusing a
+/// symlink, a file owned by neither us nor the segment's owner, and a file that
+/// group or others may write when the segment itself does not let them (unless
+/// allowed). A lock file we own gets exactly the segment's read/write bits, so every
+/// user who may write the segment may also take its liveness locks.
+pub(crate) fn lock_file(
+    id: i32,
+    allow_foreign_owner: bool,
+    allow_shared_write: bool,
+) -> Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags};
+    let seg = stat(id)?;
+    let mode = seg.mode & 0o666;
     let path = lock_path(id);
+    let what = path.display().to_string();
     let fd = rustix::fs::open(
         &path,
         OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(mode),
     )
     .map_err(|e| match e {
-        rustix::io::Errno::LOOP => Error::NotRegularFile(path.display().to_string()),
+        rustix::io::Errno::LOOP => Error::NotRegularFile(what.clone()),
         e => Error::os("open(lock file)", e),
     })?;
-    let st = super::fd::check_object(
-        std::os::fd::AsFd::as_fd(&fd),
-        &path.display().to_string(),
-        false,
-        false,
-    )?;
-    // O_CREAT applied the umask to 0o600: set it exactly, so that a umask such as
-    // 0o277 cannot leave a lock file its owner's other handles cannot open.
-    if st.st_mode & 0o777 != 0o600 {
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))
-            .map_err(Error::at("fchmod(lock file)"))?;
+    let st = super::fd::check_object(std::os::fd::AsFd::as_fd(&fd), &what, true, true)?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid == me {
+        // O_CREAT applied the umask: set the bits exactly.
+        if st.st_mode & 0o777 != mode {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                .map_err(Error::at("fchmod(lock file)"))?;
+        }
+    } else if st.st_uid != seg.uid && !allow_foreign_owner {
+        return Err(Error::ForeignOwner {
+            found: st.st_uid,
+            expected: me,
+        });
+    } else if st.st_mode & 0o022 & !seg.mode != 0 && !allow_shared_write {
+        return Err(Error::InsecureMode {
+            mode: st.st_mode & 0o7777,
+        });
     }
     Ok(fd)
 }
