@@ -1212,6 +1212,24 @@ impl Segment {
         for i in 0..self.fields.registry_slots {
             if registry::reclaim(self.slots(), &locks, i, Some(self.slot))? {
                 freed.push(i);
+                continue;
+            }
+            // The lock is held, yet its recorded owner is dead: a forked child that
+            // never called after_fork holds an inherited copy of it. Free the word
+            // judged dead (exactly that word: a new owner has a new incarnation).
+            // Nobody can claim the slot until that holder lets go of the lock
+            // (`claim` backs off), but it no longer names a dead process.
+            let info = self.slot_info(i)?;
+            if info.state == SlotState::Dead && !info.own {
+                let word = info.incarnation | ACTIVE;
+                // SYNC: Release pairs with the Acquire CAS in registry::claim.
+                if self.slots()[i as usize]
+                    .state
+                    .compare_exchange(word, 0, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    freed.push(i);
+                }
             }
         }
         Ok(freed)
@@ -1275,6 +1293,13 @@ impl Segment {
             ));
         }
         let store = self.store.duplicate()?;
+        // The inherited mapping was made through the parent's open file description
+        // and holds a reference to it, which would keep the parent's OFD locks (its
+        // slot's liveness lock) held for as long as we live, descriptor closed or
+        // not: map the same range again, in place, through our own description.
+        if let Store::Fd(f) = &store {
+            fd::remap_in_place(f.as_fd(), &self.map)?;
+        }
         // Closing our copy of the inherited descriptor leaves the parent's open file
         // description (and its locks) to the parent alone.
         let old = std::mem::replace(&mut self.store, store);

@@ -9,8 +9,11 @@
 //! with the mapping. They belong to the open file description, not to the process:
 //! a handle's descriptor is `O_CLOEXEC`, and after `fork` the child must call
 //! [`Segment::after_fork`](crate::Segment::after_fork) to stop sharing the parent's
-//! description (the registry also cross-checks the pid and its start time, so a
-//! forked child that never does still cannot keep its dead parent "alive").
+//! description. A shared mapping also holds a reference to the description it was
+//! made through, so `after_fork` maps the range again, in place, through the
+//! child's own description. The registry also cross-checks the pid and its start
+//! time, so a forked child that never calls `after_fork` still cannot keep its dead
+//! parent "alive" (its slot is judged dead, and freed once that child lets go).
 //!
 //! For heap-backed segments (tests, miri, loom) the same interface is served by an
 //! in-process table of atomic owner tokens.

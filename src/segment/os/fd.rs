@@ -153,6 +153,27 @@ pub(crate) fn map(fd: BorrowedFd<'_>, len: u64) -> Result<Mapping> {
     Ok(unsafe { Mapping::new(ptr, len, Unmap::Munmap) })
 }
 
+/// Maps `fd` again over exactly the range of `map`, in place (`MAP_FIXED`): the same
+/// object through another open file description, so every byte keeps its address
+/// and value, and the old description loses the mapping's reference to it.
+pub(crate) fn remap_in_place(fd: BorrowedFd<'_>, map: &Mapping) -> Result<()> {
+    // SAFETY: MAP_FIXED replaces only the range `map` owns, with a MAP_SHARED view
+    // of the same object at the same offset: references into the mapping stay valid
+    // and see the same contents; `map` still owns (and will munmap) the range.
+    unsafe {
+        rustix::mm::mmap(
+            map.ptr().as_ptr().cast(),
+            map.len(),
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED,
+            fd,
+            0,
+        )
+    }
+    .map_err(Error::at("mmap(MAP_FIXED)"))?;
+    Ok(())
+}
+
 /// Reads the 4-byte state word at offset 8 without mapping (for reclaim checks).
 pub(crate) fn read_state(fd: BorrowedFd<'_>) -> Result<u32> {
     let mut buf = [0u8; 4];
