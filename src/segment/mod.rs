@@ -9,17 +9,20 @@ pub mod init;
 pub mod locks;
 mod mapping;
 mod names;
+mod open;
 mod options;
 mod os;
 mod proc;
 #[doc(hidden)]
 pub mod registry;
+mod slot_info;
 mod store;
 
-pub use handle::{Segment, SlotInfo, SlotState, recv_fd};
+pub use handle::{Segment, recv_fd};
 #[doc(hidden)]
 pub use header::repair_header;
 pub use names::{MAX_NAME_LEN, unique_name};
 pub use options::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, Opened, SegmentKind, SegmentOptions,
 };
+pub use slot_info::{SlotInfo, SlotState};

@@ -15,6 +15,11 @@ use crate::segment::mapping::{Mapping, Unmap};
 /// Where POSIX shared-memory objects live on Linux.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
 
+/// `/dev/shm/<bare name>`.
+pub(crate) fn shm_path(bare: &str) -> std::path::PathBuf {
+    Path::new(SHM_DIR).join(bare)
+}
+
 /// Who and what an opened object is.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Identity {

@@ -1,0 +1,637 @@
+//! Creating and opening segments: the init protocol as the OS sees it.
+//!
+//! POSIX and file segments are built in an unnamed file and linked under their
+//! name once `Ready`; System V segments and the fallback path hold the init lock
+//! while they initialise (see `init` for the state machine).
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc as StdArc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::layout::{PAGE_SIZE, align_up};
+use crate::loom::{AtomicU32, Ordering, futex_wait};
+use crate::segment::handle::Segment;
+use crate::segment::header::{
+    FORMAT_VERSION, HEADER_SIZE, Header, HeaderFields, MAGIC, fingerprint,
+};
+use crate::segment::locks::{LockTable, MemLocks};
+use crate::segment::mapping::Mapping;
+use crate::segment::options::{Opened, Plan, SegmentOptions, Spec};
+use crate::segment::os::{fd, heap, memfd, sysv};
+use crate::segment::registry::Slot;
+use crate::segment::store::Store;
+use crate::segment::{init, names, proc};
+
+/// Init lock index (registry slot `i` uses lock `i + 1`).
+const INIT_LOCK: u32 = 0;
+/// How long an unready segment whose init lock is free may stay so before `open`
+/// concludes that its creator died (covers the instant between a creator's
+/// exclusive create and its taking the lock).
+const CREATOR_GRACE: Duration = Duration::from_millis(100);
+
+impl SegmentOptions {
+    /// Creates a new segment; fails if it exists.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyExists`], [`Error::InvalidName`], [`Error::InvalidSize`],
+    /// [`Error::NoSpace`] when the backing store cannot hold the committed size, and
+    /// [`Error::Os`] for other OS failures.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::memfd().create()?;
+    /// assert_eq!(seg.kind(), shmkit::SegmentKind::Memfd);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn create(&self) -> Result<Segment> {
+        let plan = self.plan()?;
+        match &self.spec {
+            Spec::Posix(name) => {
+                let bare = names::validate(name)?;
+                self.create_named(plan, fd::shm_path(bare), name)
+            }
+            Spec::File(path) => self.create_named(plan, path.clone(), &path.display().to_string()),
+            Spec::Memfd | Spec::Anonymous => {
+                let fd = memfd::create(if matches!(self.spec, Spec::Memfd) {
+                    "shmkit"
+                } else {
+                    "shmkit-anon"
+                })?;
+                rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(self.mode))
+                    .map_err(Error::at("fchmod"))?;
+                fd::set_size(fd.as_fd(), plan.max_size)?;
+                memfd::seal(fd.as_fd())?;
+                fd::commit(fd.as_fd(), 0, plan.committed)?;
+                let map = fd::map(fd.as_fd(), plan.max_size)?;
+                self.initialise(plan, map, Store::Fd(fd), None)
+            }
+            Spec::SysV(key) => self.create_sysv(plan, *key),
+            Spec::SysVId(_) => Err(Error::InvalidArgument(
+                "a System V id names an existing segment: use sysv(key) or sysv_private() to create",
+            )),
+            Spec::Heap => {
+                let map = heap::alloc(plan.max_size)?;
+                let locks = MemLocks::new(plan.slots + 1);
+                let token = locks.token();
+                self.initialise(plan, map, Store::Heap { locks, token }, None)
+            }
+        }
+    }
+
+    /// Opens an existing segment, waiting (at most the open timeout) for a creator
+    /// that is still initialising it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`]; [`Error::ForeignOwner`], [`Error::InsecureMode`] or
+    /// [`Error::NotRegularFile`] for an object we should not trust;
+    /// [`Error::NotReady`] if a live creator did not finish in time;
+    /// [`Error::CreatorDied`] if the creator died during initialisation; any header
+    /// mismatch ([`Error::BadMagic`], [`Error::VersionMismatch`],
+    /// [`Error::FingerprintMismatch`], [`Error::ChecksumMismatch`],
+    /// [`Error::Corrupt`]); [`Error::RegistryFull`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let r = shmkit::SegmentOptions::posix("shmkit-doc-no-such-segment").open();
+    /// assert!(matches!(r, Err(shmkit::Error::NotFound(_))));
+    /// ```
+    pub fn open(&self) -> Result<Segment> {
+        match &self.spec {
+            Spec::Posix(name) => {
+                let bare = names::validate(name)?;
+                self.open_named(&fd::shm_path(bare), name)
+            }
+            Spec::File(path) => self.open_named(path, &path.display().to_string()),
+            Spec::SysV(Some(key)) => self.open_sysv(sysv::lookup(*key)?),
+            Spec::SysVId(id) => self.open_sysv(*id),
+            Spec::Memfd => Err(Error::InvalidArgument(
+                "a memfd has no name: receive its descriptor and use open_fd",
+            )),
+            Spec::Anonymous | Spec::SysV(None) => Err(Error::InvalidArgument(
+                "an anonymous or private segment has no name to open: share the handle by fork, or its id",
+            )),
+            Spec::Heap => Err(Error::InvalidArgument(
+                "a heap-backed segment is opened with Segment::try_clone",
+            )),
+        }
+    }
+
+    /// Opens the segment if it exists, otherwise creates it; says which happened.
+    /// A segment left half-made by a creator that died is reclaimed (removed and
+    /// created afresh).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create) and [`open`](Self::open).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Opened, SegmentOptions};
+    /// let name = shmkit::unique_name("doc-ooc-")?;
+    /// let (a, how_a) = SegmentOptions::posix(&name).open_or_create()?;
+    /// let (b, how_b) = SegmentOptions::posix(&name).open_or_create()?;
+    /// assert_eq!((how_a, how_b), (Opened::Created, Opened::Existing));
+    /// # drop(b); drop(a);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn open_or_create(&self) -> Result<(Segment, Opened)> {
+        if !matches!(
+            self.spec,
+            Spec::Posix(_) | Spec::File(_) | Spec::SysV(Some(_))
+        ) {
+            return self.create().map(|s| (s, Opened::Created));
+        }
+        let mut last = None;
+        for _ in 0..16 {
+            match self.create() {
+                Ok(s) => return Ok((s, Opened::Created)),
+                Err(Error::AlreadyExists(_)) => {}
+                Err(e @ Error::NotFound(_)) => {
+                    // Our fresh object was reclaimed before we locked it: go again.
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match self.open() {
+                Ok(s) => return Ok((s, Opened::Existing)),
+                Err(Error::NotFound(w)) => last = Some(Error::NotFound(w)),
+                Err(e @ Error::CreatorDied { .. }) => {
+                    self.reclaim_half_made()?;
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::InvalidArgument("open_or_create did not converge")))
+    }
+
+    /// Opens a memfd segment from a descriptor received from another process (see
+    /// [`recv_fd`](crate::recv_fd)). The descriptor must carry shmkit's seals
+    /// (no shrinking, no growing, no further seal changes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SealsMissing`] for an unsealed or non-memfd descriptor, then as
+    /// [`open`](Self::open).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// let (a, b) = UnixStream::pair().unwrap();
+    /// let seg = shmkit::SegmentOptions::memfd().create()?;
+    /// seg.send_fd(&a)?;
+    /// let fd = shmkit::recv_fd(&b)?;
+    /// let peer = shmkit::SegmentOptions::memfd().open_fd(fd)?;
+    /// assert_eq!(peer.seed(), seg.seed());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn open_fd(&self, fd: OwnedFd) -> Result<Segment> {
+        memfd::check_seals(fd.as_fd())?;
+        fd::check_object(
+            fd.as_fd(),
+            "received memfd",
+            self.allow_foreign_owner,
+            self.allow_shared_write,
+        )?;
+        // A fresh open file description, so our OFD locks are ours and not the
+        // sender's (SCM_RIGHTS shares the description).
+        let own = fd::reopen(fd.as_fd())?;
+        drop(fd);
+        self.open_store(Store::Fd(own), Spec::Memfd, None)
+    }
+
+    /// Opens a heap-backed copy of a segment image (a fuzzing and inspection aid):
+    /// every check `open` does runs on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open); never panics, whatever the bytes.
+    #[doc(hidden)]
+    pub fn open_image(&self, image: &[u8]) -> Result<Segment> {
+        let len = align_up(image.len() as u64, PAGE_SIZE).unwrap_or(0);
+        if len < HEADER_SIZE {
+            return Err(Error::corrupt(
+                "image",
+                format!("{} bytes, smaller than the header", image.len()),
+            ));
+        }
+        let map = heap::alloc(len)?;
+        // SAFETY: the fresh region is `len >= image.len()` bytes and does not
+        // overlap the caller's slice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(image.as_ptr(), map.ptr().as_ptr(), image.len());
+        }
+        let state = header_state(&map);
+        let s = init::observe(state);
+        if s != init::READY {
+            return Err(Error::NotReady {
+                state: s,
+                waited: Duration::ZERO,
+            });
+        }
+        let fields = snapshot(&map)?;
+        let locks = MemLocks::new(fields.registry_slots + 1);
+        let token = locks.token();
+        Segment::attach(
+            StdArc::new(map),
+            Store::Heap { locks, token },
+            Spec::Heap,
+            None,
+            fields,
+            false,
+        )
+    }
+
+    /// Removes the named object (POSIX name, file, System V key or id). Handles that
+    /// are open keep working; new opens fail.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::InvalidName`], [`Error::InvalidArgument`] for
+    /// kinds without a name, [`Error::Os`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let name = shmkit::unique_name("doc-rm-")?;
+    /// let mut seg = shmkit::SegmentOptions::posix(&name).create()?;
+    /// seg.persist();
+    /// drop(seg);
+    /// shmkit::SegmentOptions::posix(&name).remove()?;
+    /// assert!(shmkit::SegmentOptions::posix(&name).open().is_err());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn remove(&self) -> Result<()> {
+        match &self.spec {
+            Spec::Posix(name) => fd::unlink(&fd::shm_path(names::validate(name)?), name),
+            Spec::File(path) => fd::unlink(path, &path.display().to_string()),
+            Spec::SysV(Some(key)) => sysv::remove(sysv::lookup(*key)?),
+            Spec::SysVId(id) => sysv::remove(*id),
+            _ => Err(Error::InvalidArgument(
+                "this kind of segment has no name to remove",
+            )),
+        }
+    }
+
+    /// Creates a named object. Preferred path: build the whole segment in an unnamed
+    /// file (`O_TMPFILE`) and give it its name only once it is `Ready`, with an
+    /// exclusive `linkat`: no peer can ever see it half-made, and a creator killed
+    /// during initialisation leaves nothing behind. On file systems without unnamed
+    /// files, fall back to an exclusive create guarded by the init lock.
+    fn create_named(&self, plan: Plan, path: PathBuf, what: &str) -> Result<Segment> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Some(fd) = fd::open_unnamed(dir, self.mode)? else {
+            return self.create_named_in_place(plan, path, what);
+        };
+        fd::set_size(fd.as_fd(), plan.max_size)?;
+        fd::commit(fd.as_fd(), 0, plan.committed)?;
+        let map = fd::map(fd.as_fd(), plan.max_size)?;
+        let store = Store::Fd(fd);
+        store.locks().try_lock(INIT_LOCK)?; // nobody else can see the file yet
+        let mut seg = self.initialise(plan, map, store, None)?;
+        let fd = seg
+            .as_fd()
+            .ok_or(Error::Unsupported("fd-backed segment without fd"))?;
+        fd::link_unnamed(fd, &path, what)?;
+        seg.ident = Some(fd::identity(fd)?.0);
+        seg.created = true;
+        Ok(seg)
+    }
+
+    fn create_named_in_place(&self, plan: Plan, path: PathBuf, what: &str) -> Result<Segment> {
+        let fd = fd::open(&path, true, self.mode, what)?;
+        let (ident, _) = fd::identity(fd.as_fd())?;
+        // From here until Ready, a failure must not leave a half-made object under
+        // the name: remove it (only if it is still ours).
+        let cleanup = |e: Error| {
+            let _ = fd::unlink_if_same(&path, ident);
+            e
+        };
+        let store = Store::Fd(fd);
+        self.take_init_lock(&store).map_err(cleanup)?;
+        let Store::Fd(fd) = &store else {
+            unreachable!("constructed as Store::Fd above")
+        };
+        if fd::identity(fd.as_fd()).map_err(cleanup)?.1 == 0 {
+            // A peer reclaimed the object before we held its init lock.
+            return Err(Error::NotFound(format!(
+                "{what} (reclaimed during creation)"
+            )));
+        }
+        fd::set_size(fd.as_fd(), plan.max_size).map_err(cleanup)?;
+        fd::commit(fd.as_fd(), 0, plan.committed).map_err(cleanup)?;
+        let map = fd::map(fd.as_fd(), plan.max_size).map_err(cleanup)?;
+        let mut seg = self
+            .initialise(plan, map, store, Some(ident))
+            .map_err(cleanup)?;
+        seg.created = true;
+        Ok(seg)
+    }
+
+    fn create_sysv(&self, plan: Plan, key: Option<i32>) -> Result<Segment> {
+        let id = sysv::create(key, plan.max_size, self.mode)?;
+        let cleanup = |e: Error| {
+            let _ = sysv::remove(id);
+            e
+        };
+        let lock = sysv::lock_file(id, false, false).map_err(cleanup)?;
+        let store = Store::SysV { id, lock };
+        self.take_init_lock(&store).map_err(cleanup)?;
+        if sysv::stat(id).map_err(cleanup)?.dest {
+            return Err(cleanup(Error::NotFound(format!(
+                "System V segment {id} (reclaimed during creation)"
+            ))));
+        }
+        let map = sysv::attach(id, plan.max_size).map_err(cleanup)?;
+        sysv::populate(&map, 0, plan.committed).map_err(cleanup)?;
+        let mut seg = self.initialise(plan, map, store, None).map_err(cleanup)?;
+        seg.created = true;
+        Ok(seg)
+    }
+
+    fn take_init_lock(&self, store: &Store) -> Result<()> {
+        let deadline = Instant::now() + self.open_timeout;
+        loop {
+            if store.locks().try_lock(INIT_LOCK)? {
+                return Ok(());
+            }
+            // Only a reclaimer holds it, briefly.
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    state: init::UNINIT,
+                    waited: self.open_timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Writes header and registry into a fresh, zeroed, committed region, publishes
+    /// `Ready`, attaches, and releases the init lock.
+    fn initialise(
+        &self,
+        plan: Plan,
+        map: Mapping,
+        store: Store,
+        ident: Option<fd::Identity>,
+    ) -> Result<Segment> {
+        let header = map.ptr().as_ptr().cast::<Header>();
+        let state = header_state(&map);
+        if !init::begin(state) {
+            return Err(Error::corrupt("state", "a fresh object was not Uninit"));
+        }
+        let mut fields = HeaderFields {
+            fingerprint: fingerprint(),
+            header_size: HEADER_SIZE,
+            max_size: plan.max_size,
+            seed: names::random_u64()?,
+            creator_pid: proc::self_pid(),
+            creator_uid: rustix::process::geteuid().as_raw(),
+            creator_start_time: proc::self_start_time(),
+            creator_incarnation: 0,
+            created_ns: proc::now_ns(),
+            registry_offset: plan.registry_offset,
+            registry_slots: plan.slots,
+            slot_size: size_of::<Slot>() as u32,
+            user_offset: plan.user_offset,
+            heap_offset: 0,
+            directory_offset: 0,
+            reserved: [0; 4],
+            checksum: 0,
+        };
+        fields.checksum = fields.compute_checksum();
+        // SAFETY: (1) the region is at least `plan.user_offset` bytes and committed
+        // (checked by `plan`, backed by the caller), so the header and every slot lie
+        // inside it; (2) it is page-aligned, so the header (align 8) and slots (64 B
+        // apart from a page boundary) are aligned; (3) nobody else reads these fields
+        // before `publish`: openers wait for Ready.
+        unsafe {
+            std::ptr::addr_of_mut!((*header).magic).write_volatile(MAGIC);
+            std::ptr::addr_of_mut!((*header).version).write_volatile(FORMAT_VERSION);
+            std::ptr::addr_of_mut!((*header).fields).write_volatile(fields);
+            (*header).committed.store(plan.committed, Ordering::Relaxed);
+            let slots = map
+                .ptr()
+                .as_ptr()
+                .add(plan.registry_offset as usize)
+                .cast::<Slot>();
+            for i in 0..plan.slots as usize {
+                slots.add(i).write(Slot::new());
+            }
+        }
+        if let Some(hook) = self.init_hook {
+            hook();
+        }
+        init::publish(state);
+        let seg = Segment::attach(
+            StdArc::new(map),
+            store,
+            self.spec.clone(),
+            ident,
+            fields,
+            true,
+        )?;
+        seg.store.locks().unlock(INIT_LOCK);
+        Ok(seg)
+    }
+
+    fn open_named(&self, path: &Path, what: &str) -> Result<Segment> {
+        let fd = fd::open(path, false, 0, what)?;
+        fd::check_object(
+            fd.as_fd(),
+            what,
+            self.allow_foreign_owner,
+            self.allow_shared_write,
+        )?;
+        let (ident, _) = fd::identity(fd.as_fd())?;
+        self.open_store(Store::Fd(fd), self.spec.clone(), Some(ident))
+    }
+
+    fn open_sysv(&self, id: i32) -> Result<Segment> {
+        let st = sysv::stat(id)?;
+        let me = rustix::process::geteuid().as_raw();
+        if !self.allow_foreign_owner && st.uid != me {
+            return Err(Error::ForeignOwner {
+                found: st.uid,
+                expected: me,
+            });
+        }
+        if !self.allow_shared_write && st.mode & 0o022 != 0 {
+            return Err(Error::InsecureMode { mode: st.mode });
+        }
+        let lock = sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?;
+        self.open_store(Store::SysV { id, lock }, Spec::SysVId(id), None)
+    }
+
+    /// The common open path: wait for a size, map, wait for Ready, check, attach.
+    fn open_store(&self, store: Store, spec: Spec, ident: Option<fd::Identity>) -> Result<Segment> {
+        let start = Instant::now();
+        let deadline = start + self.open_timeout;
+        let mut unready_since: Option<Instant> = None;
+        // 1. Size: the creator sets it once (to max_size) right after creating.
+        let len = loop {
+            let len = match &store {
+                Store::Fd(f) => fd::size(f.as_fd())?,
+                Store::SysV { id, .. } => sysv::stat(*id)?.size,
+                Store::Heap { .. } => unreachable!("heap segments are not opened"),
+            };
+            if len != 0 {
+                break len;
+            }
+            self.judge_unready(&store, init::UNINIT, start, deadline, &mut unready_since)?;
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if len < HEADER_SIZE
+            || len % PAGE_SIZE != 0
+            || len > crate::segment::header::MAX_SEGMENT_SIZE
+        {
+            return Err(Error::corrupt(
+                "size",
+                format!("object is {len} bytes: not a page-aligned size between 4 KiB and 64 GiB"),
+            ));
+        }
+        let map = match &store {
+            Store::Fd(f) => fd::map(f.as_fd(), len)?,
+            Store::SysV { id, .. } => sysv::attach(*id, len)?,
+            Store::Heap { .. } => unreachable!("heap segments are not opened"),
+        };
+        // 2. Wait for Ready.
+        let state = header_state(&map);
+        loop {
+            match init::observe(state) {
+                init::READY => break,
+                init::POISONED => return Err(Error::Poisoned),
+                s @ (init::UNINIT | init::INITIALIZING) => {
+                    self.judge_unready(&store, s, start, deadline, &mut unready_since)?;
+                    futex_wait(state, s, Some(Duration::from_millis(2)));
+                }
+                s => {
+                    return Err(Error::corrupt(
+                        "state",
+                        format!("impossible state word {s}"),
+                    ));
+                }
+            }
+        }
+        // 3. Copy the immutable header once, check it, then use only the copy.
+        let fields = snapshot(&map)?;
+        Segment::attach(StdArc::new(map), store, spec, ident, fields, false)
+    }
+
+    /// Decides, while a segment is not ready, whether to keep waiting.
+    fn judge_unready(
+        &self,
+        store: &Store,
+        state: u32,
+        start: Instant,
+        deadline: Instant,
+        unready_since: &mut Option<Instant>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        if store.locks().held_elsewhere(INIT_LOCK)? {
+            *unready_since = None;
+        } else {
+            let since = *unready_since.get_or_insert(now);
+            if now.duration_since(since) >= CREATOR_GRACE.min(self.open_timeout) {
+                return Err(Error::CreatorDied { state });
+            }
+        }
+        if now >= deadline {
+            return Err(Error::NotReady {
+                state,
+                waited: now.duration_since(start),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a named object left unready by a dead creator, under its init lock.
+    fn reclaim_half_made(&self) -> Result<()> {
+        match &self.spec {
+            Spec::Posix(_) | Spec::File(_) => {
+                let path = match &self.spec {
+                    Spec::Posix(n) => fd::shm_path(names::validate(n)?),
+                    Spec::File(p) => p.clone(),
+                    _ => unreachable!("matched above"),
+                };
+                let fd = match fd::open(&path, false, 0, "half-made segment") {
+                    Ok(fd) => fd,
+                    Err(Error::NotFound(_)) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let store = Store::Fd(fd);
+                if !store.locks().try_lock(INIT_LOCK)? {
+                    return Ok(()); // someone is initialising or reclaiming it
+                }
+                let Store::Fd(fd) = &store else {
+                    unreachable!("constructed as Store::Fd above")
+                };
+                let still_unready = fd::size(fd.as_fd())? < HEADER_SIZE
+                    || fd::read_state(fd.as_fd())? != init::READY;
+                if still_unready {
+                    let (ident, _) = fd::identity(fd.as_fd())?;
+                    fd::unlink_if_same(&path, ident)?;
+                }
+                Ok(()) // dropping the store releases the lock
+            }
+            Spec::SysV(Some(key)) => {
+                let id = match sysv::lookup(*key) {
+                    Ok(id) => id,
+                    Err(Error::NotFound(_)) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let store = Store::SysV {
+                    id,
+                    lock: sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?,
+                };
+                if !store.locks().try_lock(INIT_LOCK)? {
+                    return Ok(());
+                }
+                let map = sysv::attach(id, HEADER_SIZE)?;
+                if init::observe(header_state(&map)) != init::READY {
+                    sysv::remove(id)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The state word of the header at the start of `map`.
+fn header_state(map: &Mapping) -> &AtomicU32 {
+    // SAFETY: every mapping is at least HEADER_SIZE bytes (checked before mapping or
+    // by construction) and page-aligned; `state` is an AtomicU32 at offset 8, valid
+    // for any bit pattern, and lives as long as `map`.
+    unsafe { &(*map.ptr().as_ptr().cast::<Header>()).state }
+}
+
+/// Copies the header once (volatile: a peer may be writing it) and validates it.
+fn snapshot(map: &Mapping) -> Result<HeaderFields> {
+    let header = map.ptr().as_ptr().cast::<Header>();
+    // SAFETY: the mapping holds a whole Header (len >= HEADER_SIZE, page-aligned);
+    // the fields read are plain integers, valid for every bit pattern, read as
+    // volatile copies since a misbehaving peer may write them concurrently.
+    let (magic, version, fields) = unsafe {
+        (
+            std::ptr::addr_of!((*header).magic).read_volatile(),
+            std::ptr::addr_of!((*header).version).read_volatile(),
+            std::ptr::addr_of!((*header).fields).read_volatile(),
+        )
+    };
+    fields.validate(magic, version, map.len() as u64)?;
+    Ok(fields)
+}
