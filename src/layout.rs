@@ -40,6 +40,49 @@ use crate::loom::{AtomicU32, AtomicU64};
 /// ```
 pub unsafe trait ShmSafe: Sized + 'static {}
 
+/// [`ShmSafe`] types that may be *shared by reference* while other processes write
+/// them: every byte lies inside an atomic. [`Segment::resolve`](crate::Segment::resolve)
+/// hands out `&T` only for these; plain data is copied in and out with
+/// [`Segment::read`](crate::Segment::read) and [`Segment::write`](crate::Segment::write).
+///
+/// # Safety
+///
+/// Implement only for `ShmSafe` types in which every byte belongs to an atomic (or
+/// to another `ShmShared` type), so that concurrent writes by peers are never data
+/// races on memory a `&T` covers.
+///
+/// # Examples
+///
+/// ```
+/// use shmkit::{ShmSafe, ShmShared};
+/// use std::sync::atomic::{AtomicU32, AtomicU64};
+///
+/// #[repr(C)]
+/// struct Counters {
+///     hits: AtomicU64,
+///     misses: AtomicU64,
+///     epoch: AtomicU32,
+///     spare: AtomicU32,
+/// }
+/// // SAFETY: repr(C), atomics only, no padding.
+/// unsafe impl ShmSafe for Counters {}
+/// // SAFETY: every byte is inside an atomic.
+/// unsafe impl ShmShared for Counters {}
+/// ```
+pub unsafe trait ShmShared: ShmSafe + Sync {}
+
+macro_rules! shm_shared {
+    ($($t:ty),* $(,)?) => {
+        // SAFETY: atomics: every byte is inside the atomic.
+        $(unsafe impl ShmShared for $t {})*
+    };
+}
+
+shm_shared!(AtomicU32, AtomicU64, ());
+
+// SAFETY: an array of ShmShared values has no bytes outside its elements.
+unsafe impl<T: ShmShared, const N: usize> ShmShared for [T; N] {}
+
 macro_rules! shm_safe {
     ($($t:ty),* $(,)?) => {
         // SAFETY: primitives and atomics of them: fixed layout, every bit pattern
@@ -76,6 +119,10 @@ mod std_atomics {
         AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
     };
     shm_safe!(
+        AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64,
+    );
+    use super::ShmShared;
+    shm_shared!(
         AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64,
     );
 }

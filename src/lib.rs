@@ -14,7 +14,8 @@
 //!   vouches for ([`Segment::slot_info`], [`Segment::reclaim_dead`]);
 //! - [`Offset`]: base-relative references, checked on every resolve;
 //!   [`Tagged`] / [`AtomicTagged`]: offset + 32-bit tag words for ABA-safe CAS;
-//! - [`ShmSafe`]: the marker for types allowed in a segment.
+//! - [`ShmSafe`]: the marker for types allowed in a segment; [`ShmShared`]: those
+//!   that may be shared by reference (atomics only).
 //!
 //! # Example
 //!
@@ -70,7 +71,7 @@ mod ptr;
 mod segment;
 
 pub use error::{Error, Result};
-pub use layout::{PAGE_SIZE, ShmSafe};
+pub use layout::{PAGE_SIZE, ShmSafe, ShmShared};
 pub use ptr::{AtomicTagged, Offset, Tagged};
 pub use segment::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, MAX_NAME_LEN, Opened, Segment,

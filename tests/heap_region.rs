@@ -66,7 +66,7 @@ fn a_full_registry_is_registry_full_until_a_slot_is_reclaimed() {
 fn offsets_that_do_not_resolve_are_refused() {
     let seg = small(SegmentOptions::heap()).create().unwrap();
     let end = seg.committed();
-    let bad = |off: u64| match seg.resolve(Offset::<u64>::new(off)) {
+    let bad = |off: u64| match seg.read(Offset::<u64>::new(off)) {
         Err(Error::BadOffset { reason, .. }) => reason,
         other => panic!("{off:#x}: {other:?}"),
     };
@@ -75,12 +75,18 @@ fn offsets_that_do_not_resolve_are_refused() {
     assert_eq!(bad(end), "out of bounds");
     assert_eq!(bad(end - 4), "misaligned");
     assert_eq!(bad(u64::MAX - 7), "out of bounds");
-    assert!(seg.resolve(Offset::<u64>::new(end - 8)).is_ok());
+    // The header and registry are not user memory.
+    assert_eq!(bad(8), "below the user region");
+    assert_eq!(bad(seg.user_offset() - 8), "below the user region");
+    assert!(seg.read(Offset::<u64>::new(end - 8)).is_ok());
+    assert!(seg.resolve(Offset::<AtomicU64>::new(end - 8)).is_ok());
+    assert!(seg.resolve(Offset::<AtomicU64>::new(16)).is_err());
     // Past committed but inside max_size: refused until committed.
     let beyond = Offset::<u64>::new(end + 64);
-    assert!(seg.resolve(beyond).is_err());
+    assert!(seg.write(beyond, 1).is_err());
     seg.commit(end + 4096).unwrap();
-    assert!(seg.resolve(beyond).is_ok());
+    seg.write(beyond, 1).unwrap();
+    assert_eq!(seg.read(beyond).unwrap(), 1);
 }
 
 #[test]

@@ -145,6 +145,7 @@ fn who(incarnation: u64) -> Identity {
     Identity {
         incarnation,
         pid: incarnation as u32,
+        uid: 0,
         start_time: 1,
         pidns: 1,
         now_ns: 1,

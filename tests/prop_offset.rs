@@ -1,6 +1,6 @@
 //! Property: `Offset` resolution never yields an out-of-bounds or misaligned
 //! reference, for any region size, offset and type; and it resolves every offset
-//! that is in bounds, aligned and non-null.
+//! that is in the user region, aligned and non-null.
 
 use proptest::prelude::*;
 use shmkit::{Error, Offset, PAGE_SIZE, Segment, SegmentOptions, ShmSafe};
@@ -18,16 +18,18 @@ fn check<T: ShmSafe>(seg: &Segment, raw: u64) -> Result<(), TestCaseError> {
     let committed = seg.committed();
     let size = size_of::<T>() as u64;
     let align = align_of::<T>() as u64;
-    let valid =
-        raw != 0 && raw % align == 0 && raw.checked_add(size).is_some_and(|e| e <= committed);
-    match seg.resolve(Offset::<T>::new(raw)) {
+    let valid = raw >= seg.user_offset()
+        && raw % align == 0
+        && raw.checked_add(size).is_some_and(|e| e <= committed);
+    match seg.resolve_ptr(Offset::<T>::new(raw)) {
         Ok(r) => {
-            let addr = r as *const T as usize;
+            let addr = r.as_ptr() as usize;
             let base = seg.as_ptr() as usize;
             prop_assert!(valid, "resolved an invalid offset {raw:#x}");
             prop_assert_eq!(addr - base, raw as usize);
             prop_assert!(addr + size as usize <= base + committed as usize);
             prop_assert_eq!(addr % align as usize, 0);
+            prop_assert!(addr >= base + seg.user_offset() as usize);
         }
         Err(Error::BadOffset { offset, .. }) => {
             prop_assert!(!valid, "refused a valid offset {raw:#x}");
@@ -85,9 +87,16 @@ proptest! {
     }
 
     #[test]
-    fn check_agrees_with_the_rules_for_any_length(raw in any::<u64>(), len in any::<u64>()) {
-        let valid = raw != 0 && raw % 8 == 0 && raw.checked_add(24).is_some_and(|e| e <= len);
-        match Offset::<[u64; 3]>::new(raw).check(len) {
+    fn check_agrees_with_the_rules_for_any_range(
+        raw in any::<u64>(),
+        lo in prop_oneof![Just(0u64), any::<u64>()],
+        len in any::<u64>(),
+    ) {
+        let valid = raw != 0
+            && raw >= lo
+            && raw % 8 == 0
+            && raw.checked_add(24).is_some_and(|e| e <= len);
+        match Offset::<[u64; 3]>::new(raw).check(lo, len) {
             Ok(at) => {
                 prop_assert!(valid);
                 prop_assert_eq!(at as u64, raw);

@@ -676,48 +676,95 @@ fn a_corrupt_committed_size_is_clamped_not_trusted() {
 }
 
 #[test]
-fn foreign_files_are_refused() {
+fn foreign_files_are_refused_and_never_reclaimed() {
     let dir = std::env::temp_dir();
     // Not page-aligned in size.
     let p = dir.join(shmkit::unique_name("seg-odd-").unwrap());
     std::fs::write(&p, vec![7u8; 5000]).unwrap();
     let e = SegmentOptions::file(&p).open().unwrap_err();
     assert!(matches!(e, Error::Corrupt { what: "size", .. }), "{e:?}");
-    // Page-aligned garbage with a non-state word.
+    // Shorter than a header, without our magic.
+    std::fs::write(&p, vec![7u8; 100]).unwrap();
+    let e = SegmentOptions::file(&p).open().unwrap_err();
+    assert!(matches!(e, Error::Corrupt { what: "size", .. }), "{e:?}");
+    // Page-aligned garbage: not ours, refused at once.
     std::fs::write(&p, vec![0xa5u8; 8192]).unwrap();
     let e = SegmentOptions::file(&p).open().unwrap_err();
-    assert!(matches!(e, Error::Corrupt { what: "state", .. }), "{e:?}");
-    // All zeros: looks like a creator that died before writing anything.
+    assert!(
+        matches!(e, Error::BadMagic { found } if found == [0xa5; 8]),
+        "{e:?}"
+    );
+    // All zeros and nobody initialising it: never initialised, so not provably a
+    // shmkit segment.
     std::fs::write(&p, vec![0u8; 8192]).unwrap();
     let t = Instant::now();
     let e = SegmentOptions::file(&p)
         .open_timeout(Duration::from_millis(500))
         .open()
         .unwrap_err();
-    assert!(matches!(e, Error::CreatorDied { state: 0 }), "{e:?}");
+    assert!(
+        matches!(e, Error::BadMagic { found } if found == [0; 8]),
+        "{e:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     // Empty: nobody ever sized it.
     std::fs::write(&p, b"").unwrap();
     let e = SegmentOptions::file(&p)
-        .open_timeout(Duration::from_millis(200))
+        .open_timeout(Duration::from_millis(500))
         .open()
         .unwrap_err();
     assert!(
-        matches!(e, Error::CreatorDied { .. } | Error::NotReady { .. }),
+        matches!(e, Error::BadMagic { found } if found == [0; 8]),
         "{e:?}"
     );
-    // open_or_create reclaims the zero-filled object and creates a real segment.
-    std::fs::write(&p, vec![0u8; 8192]).unwrap();
+    // open_or_create never deletes what is not provably a half-made segment of
+    // ours: the user's files survive, and the error names the cause.
+    for contents in [vec![0u8; 8192], Vec::new(), vec![0xa5u8; 8192]] {
+        std::fs::write(&p, &contents).unwrap();
+        let e = small(SegmentOptions::file(&p))
+            .open_or_create()
+            .unwrap_err();
+        assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
+        assert_eq!(std::fs::read(&p).unwrap(), contents);
+    }
+    // Our magic, not Ready, nobody holding the init lock: a creator died mid-way.
+    // open reports it; open_or_create reclaims it and creates a real segment.
+    let mut half = vec![0u8; 8192];
+    half[..8].copy_from_slice(b"SHMKIT\x00\x01");
+    half[8] = 1; // Initializing
+    std::fs::write(&p, &half).unwrap();
+    let e = SegmentOptions::file(&p).open().unwrap_err();
+    assert!(matches!(e, Error::CreatorDied { state: 1 }), "{e:?}");
     let (seg, how) = small(SegmentOptions::file(&p)).open_or_create().unwrap();
     assert_eq!(how, Opened::Created);
     drop(seg);
     assert!(!p.exists());
+    // The same with only the magic written (the in-place creator's first write).
+    std::fs::write(&p, b"SHMKIT\x00\x01").unwrap();
+    let e = SegmentOptions::file(&p).open().unwrap_err();
+    assert!(matches!(e, Error::CreatorDied { state: 0 }), "{e:?}");
+    let (seg, how) = small(SegmentOptions::file(&p)).open_or_create().unwrap();
+    assert_eq!(how, Opened::Created);
+    drop(seg);
     // A directory is not a segment.
     let e = SegmentOptions::file(&dir).open().unwrap_err();
     assert!(
         matches!(e, Error::NotRegularFile(_) | Error::Os { .. }),
         "{e:?}"
     );
+}
+
+#[test]
+fn a_huge_open_timeout_means_no_deadline_not_a_panic() {
+    let p = std::env::temp_dir().join(shmkit::unique_name("seg-forever-").unwrap());
+    std::fs::write(&p, vec![0u8; 8192]).unwrap();
+    // Nobody holds the init lock: the grace period ends the wait, not a deadline.
+    let e = SegmentOptions::file(&p)
+        .open_timeout(Duration::MAX)
+        .open()
+        .unwrap_err();
+    assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
+    std::fs::remove_file(&p).unwrap();
 }
 
 #[test]

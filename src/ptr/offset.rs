@@ -10,11 +10,13 @@ use crate::layout::ShmSafe;
 /// A position-independent reference to a `T` inside a segment: a byte offset from
 /// the segment base, with `0` meaning null.
 ///
-/// An `Offset` means nothing on its own: it is resolved only through
-/// [`Segment::resolve`](crate::Segment::resolve), which checks that it is non-null,
-/// aligned for `T` and that the whole `T` lies inside the committed region. An
-/// `Offset` read from shared memory is therefore safe to resolve whatever a peer
-/// wrote into it.
+/// An `Offset` means nothing on its own: it is used only through a segment
+/// ([`Segment::resolve`](crate::Segment::resolve) for shared atomics,
+/// [`Segment::read`](crate::Segment::read) / [`Segment::write`](crate::Segment::write)
+/// for plain data), which checks that it is non-null, aligned for `T` and that the
+/// whole `T` lies inside the user region (past the header and registry, below the
+/// committed size). An `Offset` read from shared memory is therefore safe to use
+/// whatever a peer wrote into it.
 ///
 /// # Examples
 ///
@@ -23,9 +25,10 @@ use crate::layout::ShmSafe;
 ///
 /// let seg = SegmentOptions::heap().max_size(1 << 20).committed(64 << 10).create()?;
 /// let off: Offset<u64> = Offset::new(seg.user_offset());
-/// let r: &u64 = seg.resolve(off)?;
-/// assert_eq!(*r, 0);
-/// assert!(seg.resolve(Offset::<u64>::new(3)).is_err()); // misaligned
+/// seg.write(off, 7)?;
+/// assert_eq!(seg.read(off)?, 7);
+/// assert!(seg.read(Offset::<u64>::new(seg.user_offset() + 3)).is_err()); // misaligned
+/// assert!(seg.read(Offset::<u64>::new(8)).is_err()); // inside the header
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 #[repr(transparent)]
@@ -63,24 +66,25 @@ impl<T> Offset<T> {
         self.raw == 0
     }
 
-    /// Checks that a `T` at this offset lies wholly inside a region of `len` bytes
-    /// whose base is aligned to at least `align_of::<T>()`, and returns the offset as
-    /// a `usize` ready to add to the base.
+    /// Checks that a `T` at this offset lies wholly inside `[lo, hi)` of a region
+    /// whose base is aligned to at least `align_of::<T>()`, and returns the offset
+    /// as a `usize` ready to add to the base.
     ///
     /// # Errors
     ///
-    /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, or if
-    /// `offset + size_of::<T>()` exceeds `len` (overflow included).
+    /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, below `lo`, or
+    /// if `offset + size_of::<T>()` exceeds `hi` (overflow included).
     ///
     /// # Examples
     ///
     /// ```
     /// use shmkit::Offset;
-    /// assert_eq!(Offset::<u32>::new(8).check(12)?, 8);
-    /// assert!(Offset::<u32>::new(12).check(12).is_err());
+    /// assert_eq!(Offset::<u32>::new(8).check(0, 12)?, 8);
+    /// assert!(Offset::<u32>::new(12).check(0, 12).is_err()); // past the end
+    /// assert!(Offset::<u32>::new(4).check(8, 12).is_err()); // below the start
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn check(self, len: u64) -> Result<usize> {
+    pub fn check(self, lo: u64, hi: u64) -> Result<usize> {
         let size = size_of::<T>();
         let align = align_of::<T>();
         let bad = |reason| Error::BadOffset {
@@ -95,8 +99,11 @@ impl<T> Offset<T> {
         if self.raw % align as u64 != 0 {
             return Err(bad("misaligned"));
         }
+        if self.raw < lo {
+            return Err(bad("below the user region"));
+        }
         match self.raw.checked_add(size as u64) {
-            Some(end) if end <= len => {}
+            Some(end) if end <= hi => {}
             _ => return Err(bad("out of bounds")),
         }
         usize::try_from(self.raw).map_err(|_| bad("exceeds the address space"))

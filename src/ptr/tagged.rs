@@ -88,6 +88,8 @@ pub struct AtomicTagged(AtomicU64);
 
 // SAFETY: repr(transparent) over an AtomicU64; every bit pattern is a valid Tagged.
 unsafe impl crate::ShmSafe for AtomicTagged {}
+// SAFETY: its only byte range is the AtomicU64.
+unsafe impl crate::ShmShared for AtomicTagged {}
 
 impl AtomicTagged {
     /// A new word (use `ptr::write` to place it in a segment).

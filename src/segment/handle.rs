@@ -2,11 +2,12 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::Arc as StdArc;
 
 use crate::error::{Error, Result};
-use crate::layout::{PAGE_SIZE, ShmSafe, align_up};
-use crate::loom::Ordering;
+use crate::layout::{PAGE_SIZE, ShmSafe, ShmShared, align_up};
+use crate::loom::{AtomicU64, Ordering};
 use crate::ptr::Offset;
 use crate::segment::header::{Header, HeaderFields, check_committed};
 use crate::segment::locks::LockTable;
@@ -91,6 +92,7 @@ impl Segment {
                 }
             },
             pid: proc::self_pid(),
+            uid: rustix::process::geteuid().as_raw(),
             start_time: proc::self_start_time(),
             pidns: proc::self_pidns(),
             now_ns: proc::now_ns(),
@@ -126,9 +128,14 @@ impl Segment {
         }
     }
 
-    fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a validated Header and outlives `self`.
-        unsafe { &*self.map.ptr().as_ptr().cast::<Header>() }
+    /// The header's `committed` word (projected: no reference to the header's plain
+    /// fields, which a misbehaving peer may write, is ever made).
+    fn committed_word(&self) -> &AtomicU64 {
+        let header = self.map.ptr().as_ptr().cast::<Header>();
+        // SAFETY: the mapping starts with a Header (len >= HEADER_SIZE, page-aligned);
+        // `committed` is an atomic, valid for any bit pattern, living as long as
+        // `self.map`, which `self` keeps alive.
+        unsafe { &*std::ptr::addr_of!((*header).committed) }
     }
 
     /// Base address of the mapping in this process. Addresses differ between
@@ -172,7 +179,7 @@ impl Segment {
     pub fn committed(&self) -> u64 {
         // SYNC: Acquire pairs with the Release fetch_max in `commit`: the backing
         // store for the new range was allocated before it was published.
-        let c = self.header().committed.load(Ordering::Acquire);
+        let c = self.committed_word().load(Ordering::Acquire);
         check_committed(c, &self.fields).unwrap_or(self.fields.user_offset)
     }
 
@@ -181,6 +188,8 @@ impl Segment {
     ///
     /// # Errors
     ///
+    /// [`Error::ForkedHandle`] in a forked child that has not called
+    /// [`after_fork`](Self::after_fork).
     /// [`Error::InvalidSize`] beyond `max_size`; [`Error::NoSpace`] if the backing
     /// store (/dev/shm, the file system) is full, in which case nothing changes.
     ///
@@ -194,6 +203,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn commit(&self, bytes: u64) -> Result<u64> {
+        self.check_pid()?;
         let want = align_up(bytes, PAGE_SIZE).unwrap_or(u64::MAX);
         if want > self.fields.max_size {
             return Err(Error::InvalidSize {
@@ -208,8 +218,8 @@ impl Segment {
         self.store.commit(&self.map, cur, want)?;
         // SYNC: Release pairs with the Acquire load in `committed`; publishes that
         // [cur, want) is backed.
-        let prev = self.header().committed.fetch_max(want, Ordering::Release);
-        Ok(prev.max(want))
+        self.committed_word().fetch_max(want, Ordering::Release);
+        Ok(self.committed())
     }
 
     /// The first offset past the header and registry: where the heap begins.
@@ -341,15 +351,21 @@ impl Segment {
     ///
     /// # Errors
     ///
+    /// [`Error::ForkedHandle`] in a forked child that has not called
+    /// [`after_fork`](Self::after_fork).
     /// [`Error::InvalidArgument`] for other kinds; [`Error::Os`] if `sendmsg` fails.
     ///
     /// # Examples
     ///
     /// See [`SegmentOptions::open_fd`].
     pub fn send_fd(&self, socket: &impl AsFd) -> Result<()> {
+        self.check_pid()?;
         match (&self.spec, &self.store) {
             (Spec::Memfd | Spec::Anonymous, Store::Fd(f)) => {
-                memfd::send_fd(socket.as_fd(), f.as_fd())
+                // A fresh description: ours carries our liveness locks, which must
+                // not live on in a message in flight or in the receiver.
+                let fresh = fd::reopen(f.as_fd())?;
+                memfd::send_fd(socket.as_fd(), fresh.as_fd())
             }
             _ => Err(Error::InvalidArgument(
                 "only memfd segments are sent as descriptors",
@@ -446,6 +462,8 @@ impl Segment {
     ///
     /// # Errors
     ///
+    /// [`Error::ForkedHandle`] in a forked child that has not called
+    /// [`after_fork`](Self::after_fork).
     /// As [`is_alive`](Self::is_alive).
     ///
     /// # Examples
@@ -460,17 +478,32 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn slot_info(&self, slot: u32) -> Result<SlotInfo> {
+        self.check_pid()?;
         let s = self
             .slots()
             .get(slot as usize)
             .ok_or(Error::InvalidArgument("slot index out of range"))?;
-        // SYNC: Acquire pairs with the Release CAS in registry::claim; the identity
-        // fields below are those the claimer published.
-        let word = s.state.load(Ordering::Acquire);
-        let pid = s.pid.load(Ordering::Relaxed);
-        let start_time = s.start_time.load(Ordering::Relaxed);
-        let pidns = s.pidns.load(Ordering::Relaxed);
-        let attached_ns = s.attached_ns.load(Ordering::Relaxed);
+        // Seqlock-style: the fields belong to `word` only if the word is unchanged
+        // after reading them (a slot can be released and re-claimed meanwhile).
+        let (word, pid, uid, start_time, pidns, attached_ns) = loop {
+            // SYNC: Acquire pairs with the Release CAS in registry::claim; the
+            // identity fields below are those the claimer published.
+            let word = s.state.load(Ordering::Acquire);
+            let fields = (
+                s.pid.load(Ordering::Relaxed),
+                s.uid.load(Ordering::Relaxed),
+                s.start_time.load(Ordering::Relaxed),
+                s.pidns.load(Ordering::Relaxed),
+                s.attached_ns.load(Ordering::Relaxed),
+            );
+            // SYNC: an Acquire fence orders the field loads before the re-check
+            // (the seqlock read side).
+            crate::loom::fence(Ordering::Acquire);
+            if s.state.load(Ordering::Relaxed) == word {
+                break (word, fields.0, fields.1, fields.2, fields.3, fields.4);
+            }
+            crate::loom::spin_loop();
+        };
         let own = slot == self.slot && word == (self.incarnation | ACTIVE);
         let state = if word == 0 {
             SlotState::Free
@@ -489,12 +522,7 @@ impl Segment {
         } else if word & STATUS_MASK != ACTIVE {
             SlotState::Claiming
         } else if pidns != 0 && pidns == proc::self_pidns() {
-            match proc::stat(pid) {
-                Some(st) if st.start_time == start_time && st.state != b'Z' && st.state != b'X' => {
-                    SlotState::Alive
-                }
-                _ => SlotState::Dead,
-            }
+            owner_verdict(pid, uid, start_time)
         } else {
             SlotState::Alive
         };
@@ -538,6 +566,8 @@ impl Segment {
     ///
     /// # Errors
     ///
+    /// [`Error::ForkedHandle`] in a forked child that has not called
+    /// [`after_fork`](Self::after_fork).
     /// [`Error::Os`] if a lock operation fails.
     ///
     /// # Examples
@@ -551,6 +581,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn reclaim_dead(&self) -> Result<Vec<u32>> {
+        self.check_pid()?;
         let locks = self.store.locks();
         let mut freed = Vec::new();
         for i in 0..self.fields.registry_slots {
@@ -648,12 +679,18 @@ impl Segment {
         // description (and its locks) to the parent alone.
         let old = std::mem::replace(&mut self.store, store);
         drop(old);
+        // The parent's slot is the parent's: forget it before anything can fail, so
+        // that our Drop never releases it.
+        self.slot = u32::MAX;
+        self.incarnation = 0;
         self.pid = proc::self_pid();
         self.created = false;
         self.persist = true;
         self.claim_slot()
     }
 
+    /// Refuses identity-bearing operations on a handle inherited across `fork`
+    /// until the child called [`after_fork`](Self::after_fork).
     fn check_pid(&self) -> Result<()> {
         if self.pid != proc::self_pid() {
             return Err(Error::ForkedHandle { parent: self.pid });
@@ -661,12 +698,14 @@ impl Segment {
         Ok(())
     }
 
-    /// Resolves `offset` to a reference into the committed region.
+    /// Resolves `offset` to a shared reference into the user region (past the header
+    /// and registry, inside the committed size), for types made of atomics only.
     ///
     /// # Errors
     ///
-    /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, or if the `T`
-    /// would extend past the committed size.
+    /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, below
+    /// [`user_offset`](Self::user_offset), or if the `T` would extend past the
+    /// committed size.
     ///
     /// # Examples
     ///
@@ -678,14 +717,87 @@ impl Segment {
     /// word.store(5, Ordering::Relaxed);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn resolve<T: ShmSafe>(&self, offset: Offset<T>) -> Result<&T> {
-        let off = offset.check(self.committed())?;
-        // SAFETY: `check` proved off + size_of::<T>() <= committed <= mapping length
-        // and off % align_of::<T>() == 0; the base is page-aligned (>= align of any
-        // ShmSafe type we place); T: ShmSafe is valid for every bit pattern and
-        // shares mutation only through atomics; the reference borrows `self`, which
-        // keeps the mapping alive.
-        Ok(unsafe { &*self.map.ptr().as_ptr().add(off).cast::<T>() })
+    pub fn resolve<T: ShmShared>(&self, offset: Offset<T>) -> Result<&T> {
+        let p = self.resolve_ptr(offset)?;
+        // SAFETY: `resolve_ptr` proved the T lies in bounds and aligned in the user
+        // region of our mapping; T: ShmShared means every byte is inside an atomic,
+        // so peers' concurrent writes are not data races on what the reference
+        // covers, and every bit pattern is valid (ShmSafe); the reference borrows
+        // `self`, which keeps the mapping alive.
+        Ok(unsafe { p.as_ref() })
+    }
+
+    /// Checks `offset` as [`resolve`](Self::resolve) does and returns a raw pointer
+    /// to the `T`, for any [`ShmSafe`] type. Dereferencing it is the caller's
+    /// business (peers may be writing it).
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let p = seg.resolve_ptr(Offset::<[u8; 16]>::new(seg.user_offset()))?;
+    /// assert_eq!(p.as_ptr() as usize, seg.as_ptr() as usize + seg.user_offset() as usize);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn resolve_ptr<T: ShmSafe>(&self, offset: Offset<T>) -> Result<NonNull<T>> {
+        const {
+            assert!(
+                align_of::<T>() <= PAGE_SIZE as usize,
+                "segment types may not be aligned above the page size"
+            )
+        };
+        let off = offset.check(self.fields.user_offset, self.committed())?;
+        // SAFETY: `check` proved user_offset <= off and off + size_of::<T>() <=
+        // committed <= mapping length, so the pointer stays inside our mapping (one
+        // allocation); the base is non-null.
+        Ok(unsafe { NonNull::new_unchecked(self.map.ptr().as_ptr().add(off).cast::<T>()) })
+    }
+
+    /// Copies a `T` out of the user region (a volatile read: a peer may be writing
+    /// it, and the copy is taken once).
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let at = Offset::<[u32; 4]>::new(seg.user_offset());
+    /// seg.write(at, [1, 2, 3, 4])?;
+    /// assert_eq!(seg.read(at)?, [1, 2, 3, 4]);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn read<T: ShmSafe + Copy>(&self, offset: Offset<T>) -> Result<T> {
+        let p = self.resolve_ptr(offset)?;
+        // SAFETY: in bounds and aligned (resolve_ptr); every bit pattern is a valid T
+        // (ShmSafe). A racing peer write may tear the copy, never make it invalid.
+        Ok(unsafe { p.as_ptr().read_volatile() })
+    }
+
+    /// Copies `value` into the user region (a volatile write).
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    ///
+    /// # Examples
+    ///
+    /// See [`read`](Self::read).
+    pub fn write<T: ShmSafe + Copy>(&self, offset: Offset<T>, value: T) -> Result<()> {
+        let p = self.resolve_ptr(offset)?;
+        // SAFETY: in bounds and aligned (resolve_ptr), in the user region, which no
+        // reference handed out by this crate covers except through ShmShared
+        // (atomic-only) types; synchronising with peers is the caller's protocol.
+        unsafe { p.as_ptr().write_volatile(value) };
+        Ok(())
     }
 
     /// Detaches explicitly (as drop does), reporting whether the slot was still ours.
@@ -758,6 +870,37 @@ impl Drop for Segment {
                 _ => {}
             }
         }
+    }
+}
+
+/// The verdict on a slot whose liveness lock is held, from what /proc says of its
+/// recorded owner (same pid namespace). The lock is authoritative for "dead"; a held
+/// lock is overruled only by positive evidence that the owner is gone: a forked
+/// descendant holds an inherited copy of the lock.
+fn owner_verdict(pid: u32, uid: u32, start_time: u64) -> SlotState {
+    match proc::lookup(pid) {
+        proc::Lookup::Present(st) => {
+            // A different start time: the pid was reused. A zombie with no live
+            // thread: the owner has exited (its lock lives on in a descendant).
+            let reused = start_time != 0 && st.start_time != start_time;
+            let exited = (st.state == b'Z' || st.state == b'X') && !proc::has_live_threads(pid);
+            if reused || exited {
+                SlotState::Dead
+            } else {
+                SlotState::Alive
+            }
+        }
+        proc::Lookup::Gone => {
+            // /proc mounted with hidepid hides other users' processes: only trust
+            // "gone" for our own uid (or as root, who sees everything).
+            let me = rustix::process::geteuid().as_raw();
+            if uid == me || me == 0 {
+                SlotState::Dead
+            } else {
+                SlotState::Alive
+            }
+        }
+        proc::Lookup::Unknown => SlotState::Alive,
     }
 }
 

@@ -165,7 +165,12 @@ impl SegmentOptions {
                 Ok(s) => return Ok((s, Opened::Existing)),
                 Err(Error::NotFound(w)) => last = Some(Error::NotFound(w)),
                 Err(e @ Error::CreatorDied { .. }) => {
-                    self.reclaim_half_made()?;
+                    if !self.reclaim_half_made()? {
+                        // Not provably ours, or someone else is on it.
+                        last = Some(e);
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -331,6 +336,7 @@ impl SegmentOptions {
                 "{what} (reclaimed during creation)"
             )));
         }
+        fd::write_magic(fd.as_fd(), MAGIC).map_err(cleanup)?;
         fd::set_size(fd.as_fd(), plan.max_size).map_err(cleanup)?;
         fd::commit(fd.as_fd(), 0, plan.committed).map_err(cleanup)?;
         let map = fd::map(fd.as_fd(), plan.max_size).map_err(cleanup)?;
@@ -357,19 +363,23 @@ impl SegmentOptions {
         }
         let map = sysv::attach(id, plan.max_size).map_err(cleanup)?;
         sysv::populate(&map, 0, plan.committed).map_err(cleanup)?;
+        // First write: the magic, so that a half-made segment is recognisably ours.
+        // SAFETY: the mapping is max_size >= HEADER_SIZE bytes, page-aligned and
+        // committed for its first page; nobody reads it as Ready before publish.
+        unsafe { map.ptr().as_ptr().cast::<[u8; 8]>().write_volatile(MAGIC) };
         let mut seg = self.initialise(plan, map, store, None).map_err(cleanup)?;
         seg.created = true;
         Ok(seg)
     }
 
     fn take_init_lock(&self, store: &Store) -> Result<()> {
-        let deadline = Instant::now() + self.open_timeout;
+        let deadline = Instant::now().checked_add(self.open_timeout);
         loop {
             if store.locks().try_lock(INIT_LOCK)? {
                 return Ok(());
             }
             // Only a reclaimer holds it, briefly.
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::NotReady {
                     state: init::UNINIT,
                     waited: self.open_timeout,
@@ -462,6 +472,12 @@ impl SegmentOptions {
 
     fn open_sysv(&self, id: i32) -> Result<Segment> {
         let st = sysv::stat(id)?;
+        if st.dest {
+            // Removed (IPC_RMID) but still attached somewhere: new opens fail.
+            return Err(Error::NotFound(format!(
+                "System V segment id {id} (removed)"
+            )));
+        }
         let me = rustix::process::geteuid().as_raw();
         if !self.allow_foreign_owner && st.uid != me {
             return Err(Error::ForeignOwner {
@@ -478,26 +494,33 @@ impl SegmentOptions {
 
     /// The common open path: wait for a size, map, wait for Ready, check, attach.
     fn open_store(&self, store: Store, spec: Spec, ident: Option<fd::Identity>) -> Result<Segment> {
-        let start = Instant::now();
-        let deadline = start + self.open_timeout;
-        let mut unready_since: Option<Instant> = None;
-        // 1. Size: the creator sets it once (to max_size) right after creating.
+        let mut wait = Unready::new(self.open_timeout);
+        // 1. Size: the creator sets it once (to max_size) right after creating (the
+        //    in-place fallback writes the magic first, so a short object that
+        //    carries it is still being made).
         let len = loop {
             let len = match &store {
                 Store::Fd(f) => fd::size(f.as_fd())?,
                 Store::SysV { id, .. } => sysv::stat(*id)?.size,
                 Store::Heap { .. } => unreachable!("heap segments are not opened"),
             };
-            if len != 0 {
+            if len >= HEADER_SIZE {
                 break len;
             }
-            self.judge_unready(&store, init::UNINIT, start, deadline, &mut unready_since)?;
+            let magic = match &store {
+                Store::Fd(f) if len > 0 => fd::read_magic(f.as_fd())?,
+                _ => [0; 8],
+            };
+            if len > 0 && magic != MAGIC {
+                return Err(Error::corrupt(
+                    "size",
+                    format!("object is {len} bytes, smaller than a header"),
+                ));
+            }
+            wait.judge(&store, init::UNINIT, magic)?;
             std::thread::sleep(Duration::from_millis(1));
         };
-        if len < HEADER_SIZE
-            || len % PAGE_SIZE != 0
-            || len > crate::segment::header::MAX_SEGMENT_SIZE
-        {
+        if len % PAGE_SIZE != 0 || len > crate::segment::header::MAX_SEGMENT_SIZE {
             return Err(Error::corrupt(
                 "size",
                 format!("object is {len} bytes: not a page-aligned size between 4 KiB and 64 GiB"),
@@ -508,14 +531,20 @@ impl SegmentOptions {
             Store::SysV { id, .. } => sysv::attach(*id, len)?,
             Store::Heap { .. } => unreachable!("heap segments are not opened"),
         };
-        // 2. Wait for Ready.
+        // 2. Wait for Ready. Something that is neither ours nor blank is refused at
+        //    once.
         let state = header_state(&map);
         loop {
-            match init::observe(state) {
+            let s = init::observe(state);
+            let magic = header_magic(&map);
+            if magic != MAGIC && magic != [0; 8] {
+                return Err(Error::BadMagic { found: magic });
+            }
+            match s {
                 init::READY => break,
                 init::POISONED => return Err(Error::Poisoned),
-                s @ (init::UNINIT | init::INITIALIZING) => {
-                    self.judge_unready(&store, s, start, deadline, &mut unready_since)?;
+                init::UNINIT | init::INITIALIZING => {
+                    wait.judge(&store, s, magic)?;
                     futex_wait(state, s, Some(Duration::from_millis(2)));
                 }
                 s => {
@@ -531,35 +560,11 @@ impl SegmentOptions {
         Segment::attach(StdArc::new(map), store, spec, ident, fields, false)
     }
 
-    /// Decides, while a segment is not ready, whether to keep waiting.
-    fn judge_unready(
-        &self,
-        store: &Store,
-        state: u32,
-        start: Instant,
-        deadline: Instant,
-        unready_since: &mut Option<Instant>,
-    ) -> Result<()> {
-        let now = Instant::now();
-        if store.locks().held_elsewhere(INIT_LOCK)? {
-            *unready_since = None;
-        } else {
-            let since = *unready_since.get_or_insert(now);
-            if now.duration_since(since) >= CREATOR_GRACE.min(self.open_timeout) {
-                return Err(Error::CreatorDied { state });
-            }
-        }
-        if now >= deadline {
-            return Err(Error::NotReady {
-                state,
-                waited: now.duration_since(start),
-            });
-        }
-        Ok(())
-    }
-
     /// Removes a named object left unready by a dead creator, under its init lock.
-    fn reclaim_half_made(&self) -> Result<()> {
+    /// Only what is provably a half-made shmkit segment is removed: it carries our
+    /// magic, is not Ready, passes the ownership checks, and nobody holds its init
+    /// lock. Returns whether it removed something.
+    fn reclaim_half_made(&self) -> Result<bool> {
         match &self.spec {
             Spec::Posix(_) | Spec::File(_) => {
                 let path = match &self.spec {
@@ -569,45 +574,117 @@ impl SegmentOptions {
                 };
                 let fd = match fd::open(&path, false, 0, "half-made segment") {
                     Ok(fd) => fd,
-                    Err(Error::NotFound(_)) => return Ok(()),
+                    Err(Error::NotFound(_)) => return Ok(false),
                     Err(e) => return Err(e),
                 };
+                fd::check_object(
+                    fd.as_fd(),
+                    "half-made segment",
+                    self.allow_foreign_owner,
+                    self.allow_shared_write,
+                )?;
                 let store = Store::Fd(fd);
                 if !store.locks().try_lock(INIT_LOCK)? {
-                    return Ok(()); // someone is initialising or reclaiming it
+                    return Ok(false); // someone is initialising or reclaiming it
                 }
                 let Store::Fd(fd) = &store else {
                     unreachable!("constructed as Store::Fd above")
                 };
-                let still_unready = fd::size(fd.as_fd())? < HEADER_SIZE
-                    || fd::read_state(fd.as_fd())? != init::READY;
-                if still_unready {
-                    let (ident, _) = fd::identity(fd.as_fd())?;
-                    fd::unlink_if_same(&path, ident)?;
+                let ours_and_unready = fd::read_magic(fd.as_fd())? == MAGIC
+                    && (fd::size(fd.as_fd())? < HEADER_SIZE
+                        || fd::read_state(fd.as_fd())? != init::READY);
+                if !ours_and_unready {
+                    return Ok(false);
                 }
-                Ok(()) // dropping the store releases the lock
+                let (ident, _) = fd::identity(fd.as_fd())?;
+                fd::unlink_if_same(&path, ident) // dropping the store releases the lock
             }
             Spec::SysV(Some(key)) => {
                 let id = match sysv::lookup(*key) {
                     Ok(id) => id,
-                    Err(Error::NotFound(_)) => return Ok(()),
+                    Err(Error::NotFound(_)) => return Ok(false),
                     Err(e) => return Err(e),
                 };
+                let st = sysv::stat(id)?;
+                let me = rustix::process::geteuid().as_raw();
+                if st.uid != me && !self.allow_foreign_owner {
+                    return Err(Error::ForeignOwner {
+                        found: st.uid,
+                        expected: me,
+                    });
+                }
                 let store = Store::SysV {
                     id,
                     lock: sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?,
                 };
                 if !store.locks().try_lock(INIT_LOCK)? {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let map = sysv::attach(id, HEADER_SIZE)?;
-                if init::observe(header_state(&map)) != init::READY {
-                    sysv::remove(id)?;
+                if header_magic(&map) != MAGIC || init::observe(header_state(&map)) == init::READY {
+                    return Ok(false);
                 }
-                Ok(())
+                sysv::remove(id)?;
+                Ok(true)
             }
-            _ => Ok(()),
+            _ => Ok(false),
         }
+    }
+}
+
+/// The magic bytes at the start of `map` (a volatile copy: a creator may be writing).
+fn header_magic(map: &Mapping) -> [u8; 8] {
+    // SAFETY: every mapping is at least HEADER_SIZE bytes and page-aligned; the
+    // magic is 8 plain bytes at offset 0, valid for any bit pattern.
+    unsafe { map.ptr().as_ptr().cast::<[u8; 8]>().read_volatile() }
+}
+
+/// The bounded wait of an opener for a segment that is not ready yet.
+struct Unready {
+    start: Instant,
+    /// `None`: no deadline (a timeout too large to add to now).
+    deadline: Option<Instant>,
+    grace: Duration,
+    free_since: Option<Instant>,
+}
+
+impl Unready {
+    fn new(timeout: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            start,
+            deadline: start.checked_add(timeout),
+            grace: CREATOR_GRACE,
+            free_since: None,
+        }
+    }
+
+    /// Decides, while a segment is not ready, whether to keep waiting: a live
+    /// creator (init lock held elsewhere) is waited for until the deadline; an
+    /// unready object whose lock stays free past the grace period has no creator:
+    /// [`Error::CreatorDied`] if it carries our magic (reclaimable), otherwise
+    /// [`Error::BadMagic`] (never initialised: not provably a shmkit segment).
+    fn judge(&mut self, store: &Store, state: u32, magic: [u8; 8]) -> Result<()> {
+        let now = Instant::now();
+        if store.locks().held_elsewhere(INIT_LOCK)? {
+            self.free_since = None;
+        } else {
+            let since = *self.free_since.get_or_insert(now);
+            if now.duration_since(since) >= self.grace {
+                return Err(if magic == MAGIC {
+                    Error::CreatorDied { state }
+                } else {
+                    Error::BadMagic { found: magic }
+                });
+            }
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Err(Error::NotReady {
+                state,
+                waited: now.duration_since(self.start),
+            });
+        }
+        Ok(())
     }
 }
 

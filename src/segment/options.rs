@@ -139,7 +139,9 @@ impl SegmentOptions {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Self::new(Spec::File(path.into()))
+        // Absolute, so that a later chdir cannot make the creator's drop miss it.
+        let path = path.into();
+        Self::new(Spec::File(std::path::absolute(&path).unwrap_or(path)))
     }
 
     /// A memfd: create it, then hand its descriptor to another process with

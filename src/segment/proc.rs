@@ -9,14 +9,56 @@ pub(crate) struct ProcStat {
     pub start_time: u64,
 }
 
-/// Reads `/proc/<pid>/stat`; `None` if the process does not exist (or /proc is
-/// unreadable).
-pub(crate) fn stat(pid: u32) -> Option<ProcStat> {
-    if cfg!(miri) {
-        return None; // /proc is outside miri's abstract machine
+/// What `/proc` says about a pid.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// The process exists.
+    Present(ProcStat),
+    /// No such process (`ENOENT`/`ESRCH`), or it vanished while we read.
+    Gone,
+    /// /proc could not tell (unreadable, hidden, unparsable, or not our pid
+    /// namespace's /proc): callers must not conclude anything.
+    Unknown,
+}
+
+/// Looks `pid` up in `/proc`.
+pub(crate) fn lookup(pid: u32) -> Lookup {
+    if cfg!(miri) || pid == 0 || !proc_is_ours() {
+        return Lookup::Unknown; // /proc is outside miri's abstract machine
     }
-    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_stat(&text).map_or(Lookup::Unknown, Lookup::Present),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Lookup::Gone,
+        Err(_) => Lookup::Unknown,
+    }
+}
+
+/// Whether a zombie-looking `pid` still has a live thread (its leader exited with
+/// `pthread_exit` while other threads run): then the process is alive.
+pub(crate) fn has_live_threads(pid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str() != Some(&pid.to_string()))
+        .any(|e| {
+            std::fs::read(e.path().join("stat"))
+                .ok()
+                .and_then(|t| parse_stat(&t))
+                .is_some_and(|st| st.state != b'Z' && st.state != b'X')
+        })
+}
+
+/// Whether the mounted `/proc` belongs to our pid namespace (after `unshare -p`
+/// without remounting it, `/proc/<pid>` names other processes). Computed once.
+fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|t| t.split_ascii_whitespace().next()?.parse::<u32>().ok())
+            == Some(self_pid())
+    })
 }
 
 /// Parses the contents of a `/proc/<pid>/stat` file. The command name (field 2) may
@@ -33,7 +75,13 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
 
 /// Our own start time, 0 if /proc is unavailable.
 pub(crate) fn self_start_time() -> u64 {
-    stat(rustix::process::getpid().as_raw_nonzero().get() as u32).map_or(0, |s| s.start_time)
+    if cfg!(miri) {
+        return 0;
+    }
+    std::fs::read("/proc/self/stat")
+        .ok()
+        .and_then(|t| parse_stat(&t))
+        .map_or(0, |s| s.start_time)
 }
 
 /// The inode of our pid namespace, 0 if unknown.
@@ -78,7 +126,12 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "miri cannot read /proc")]
     fn our_own_stat_is_running() {
-        let s = stat(self_pid()).unwrap();
+        let Lookup::Present(s) = lookup(self_pid()) else {
+            panic!("we are not in /proc");
+        };
         assert_eq!(s.start_time, self_start_time());
+        assert_ne!(s.start_time, 0);
+        assert_eq!(lookup(u32::MAX - 1), Lookup::Gone);
+        assert!(!has_live_threads(u32::MAX - 1));
     }
 }

@@ -46,8 +46,8 @@ pub struct Slot {
     pub state: AtomicU64,
     /// The owner's pid, in the owner's pid namespace.
     pub pid: AtomicU32,
-    /// Reserved.
-    pub flags: AtomicU32,
+    /// The owner's effective uid.
+    pub uid: AtomicU32,
     /// The owner's start time, in clock ticks since boot (`/proc/<pid>/stat` field 22).
     pub start_time: AtomicU64,
     /// The inode of the owner's pid namespace (`/proc/self/ns/pid`), 0 if unknown.
@@ -60,6 +60,8 @@ pub struct Slot {
 
 // SAFETY: repr(C), atomics only, every bit pattern valid, nothing process-local.
 unsafe impl crate::ShmSafe for Slot {}
+// SAFETY: every field is an atomic; no padding (64 bytes of atomics).
+unsafe impl crate::ShmShared for Slot {}
 
 #[cfg(not(loom))]
 const _: () = assert!(size_of::<Slot>() == 64);
@@ -70,7 +72,7 @@ impl Slot {
         Self {
             state: AtomicU64::new(0),
             pid: AtomicU32::new(0),
-            flags: AtomicU32::new(0),
+            uid: AtomicU32::new(0),
             start_time: AtomicU64::new(0),
             pidns: AtomicU64::new(0),
             attached_ns: AtomicU64::new(0),
@@ -93,6 +95,8 @@ pub struct Identity {
     pub incarnation: u64,
     /// Our pid.
     pub pid: u32,
+    /// Our effective uid.
+    pub uid: u32,
     /// Our start time in clock ticks.
     pub start_time: u64,
     /// Our pid namespace inode.
@@ -138,11 +142,12 @@ pub fn claim(slots: &[Slot], locks: &impl LockTable, who: &Identity) -> Result<u
             continue;
         }
         slot.pid.store(who.pid, Ordering::Relaxed);
+        slot.uid.store(who.uid, Ordering::Relaxed);
         slot.start_time.store(who.start_time, Ordering::Relaxed);
         slot.pidns.store(who.pidns, Ordering::Relaxed);
         slot.attached_ns.store(who.now_ns, Ordering::Relaxed);
         // SYNC: Release publishes the identity fields above; pairs with the Acquire
-        // load of the state word in `inspect`.
+        // load of the state word in `Segment::slot_info`.
         match slot.state.compare_exchange(
             claiming,
             who.incarnation | ACTIVE,
@@ -190,21 +195,25 @@ pub fn reclaim(slots: &[Slot], locks: &impl LockTable, i: u32, own: Option<u32>)
     let Some(slot) = slots.get(i as usize) else {
         return Ok(false);
     };
-    if own == Some(i) || slot.state.load(Ordering::Relaxed) == 0 {
+    // The word judged, read *before* the lock: if a new owner claims the slot
+    // between our lock and our CAS (possible when another thread of this handle
+    // shares our open file description, whose OFD locks re-enter), its word has a
+    // new random incarnation and the CAS fails. SYNC: Acquire pairs with the
+    // Release CAS in `claim`, so we see the final word of the dead owner.
+    let word = slot.state.load(Ordering::Acquire);
+    if own == Some(i) || word == 0 {
         return Ok(false);
     }
     if !locks.try_lock(lock_index(i))? {
         return Ok(false);
     }
-    // We hold the lock: no live process owns this slot now. SYNC: Acquire pairs with
-    // the Release CAS in `claim`, so we see the final word of the dead owner.
-    let word = slot.state.load(Ordering::Acquire);
-    // SYNC: Release pairs with the Acquire CAS in `claim` of the next claimer.
-    let freed = word != 0
-        && slot
-            .state
-            .compare_exchange(word, 0, Ordering::Release, Ordering::Relaxed)
-            .is_ok();
+    // We hold the lock: the owner of `word` is not alive (a live owner holds it
+    // from claim to release). SYNC: Release pairs with the Acquire CAS in `claim`
+    // of the next claimer.
+    let freed = slot
+        .state
+        .compare_exchange(word, 0, Ordering::Release, Ordering::Relaxed)
+        .is_ok();
     locks.unlock(lock_index(i));
     Ok(freed)
 }

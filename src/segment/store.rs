@@ -74,9 +74,11 @@ impl Store {
     pub(crate) fn duplicate(&self) -> Result<Store> {
         Ok(match self {
             Store::Fd(f) => Store::Fd(fd::reopen(f.as_fd())?),
-            Store::SysV { id, .. } => Store::SysV {
+            // The same lock file (by descriptor, not by path: the path may have been
+            // removed, and a new file there would split the lock namespace).
+            Store::SysV { id, lock } => Store::SysV {
                 id: *id,
-                lock: sysv::lock_file(*id, true, true)?,
+                lock: fd::reopen(lock.as_fd())?,
             },
             Store::Heap { locks, .. } => Store::Heap {
                 locks: locks.clone(),

@@ -55,7 +55,10 @@ pub(crate) fn open(path: &Path, create: bool, mode: u32, what: &str) -> Result<O
         ),
     })?;
     if create {
-        fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777)).map_err(Error::at("fchmod"))?;
+        if let Err(e) = fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777)) {
+            let _ = fs::unlink(path); // we just created it exclusively
+            return Err(Error::os("fchmod", e));
+        }
     }
     Ok(fd)
 }
@@ -158,24 +161,46 @@ pub(crate) fn map(fd: BorrowedFd<'_>, len: u64) -> Result<Mapping> {
     Ok(unsafe { Mapping::new(ptr, len, Unmap::Munmap) })
 }
 
-/// Maps `fd` again over exactly the range of `map`, in place (`MAP_FIXED`): the same
-/// object through another open file description, so every byte keeps its address
-/// and value, and the old description loses the mapping's reference to it.
+/// Maps `fd` again over exactly the range of `map`, in place: the same object
+/// through another open file description, so every byte keeps its address and
+/// value, and the old description loses the mapping's reference to it. The new view
+/// is made elsewhere first and then moved over the old one with `mremap`, which
+/// replaces it atomically (a failing `MAP_FIXED` could leave a hole instead).
 pub(crate) fn remap_in_place(fd: BorrowedFd<'_>, map: &Mapping) -> Result<()> {
-    // SAFETY: MAP_FIXED replaces only the range `map` owns, with a MAP_SHARED view
-    // of the same object at the same offset: references into the mapping stay valid
-    // and see the same contents; `map` still owns (and will munmap) the range.
+    let fresh = self::map(fd, map.len() as u64)?;
+    // SAFETY: `fresh` is a live mapping of `map.len()` bytes that we own; moving it
+    // with MREMAP_FIXED over `map`'s range atomically replaces that range with a
+    // MAP_SHARED view of the same object at the same offset, so references into
+    // `map` stay valid and see the same contents; `map` still owns (and will
+    // munmap) the range, and `fresh` must not unmap it: it is forgotten below.
     unsafe {
-        rustix::mm::mmap(
-            map.ptr().as_ptr().cast(),
+        rustix::mm::mremap_fixed(
+            fresh.ptr().as_ptr().cast(),
+            fresh.len(),
             map.len(),
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED,
-            fd,
-            0,
+            rustix::mm::MremapFlags::MAYMOVE,
+            map.ptr().as_ptr().cast(),
         )
     }
-    .map_err(Error::at("mmap(MAP_FIXED)"))?;
+    .map_err(Error::at("mremap(MREMAP_FIXED)"))?;
+    std::mem::forget(fresh);
+    Ok(())
+}
+
+/// Reads the 8 magic bytes at offset 0 without mapping (zeros if shorter).
+pub(crate) fn read_magic(fd: BorrowedFd<'_>) -> Result<[u8; 8]> {
+    let mut buf = [0u8; 8];
+    let n = rustix::io::pread(fd, &mut buf, 0).map_err(Error::at("pread"))?;
+    Ok(if n == 8 { buf } else { [0; 8] })
+}
+
+/// Writes the 8 magic bytes at offset 0 (the in-place creator's first write, so a
+/// half-made object is recognisably ours).
+pub(crate) fn write_magic(fd: BorrowedFd<'_>, magic: [u8; 8]) -> Result<()> {
+    let n = rustix::io::pwrite(fd, &magic, 0).map_err(|e| nospace_or(fd, e, 8, "pwrite"))?;
+    if n != 8 {
+        return Err(Error::os("pwrite", Errno::IO));
+    }
     Ok(())
 }
 
@@ -248,11 +273,12 @@ pub(crate) fn link_unnamed(fd: BorrowedFd<'_>, path: &Path, what: &str) -> Resul
     )
     .map_err(|e| match e {
         Errno::EXIST => Error::AlreadyExists(what.to_owned()),
-        Errno::NOENT => Error::NotFound(what.to_owned()),
+        // ENOENT here means /proc is missing (or the directory vanished), not that
+        // our segment was reclaimed: report it as the OS error it is.
         Errno::NOSPC => Error::NoSpace {
             requested: 0,
             available: 0,
         },
-        e => Error::os("linkat", e),
+        e => Error::os("linkat(/proc/self/fd)", e),
     })
 }

@@ -32,7 +32,8 @@ fn errno() -> rustix::io::Errno {
     )
 }
 
-/// Creates a segment of `size` bytes with exactly `mode`, exclusively.
+/// Creates a segment of `size` bytes with exactly `mode`, exclusively (removed
+/// again if its mode cannot be set).
 pub(crate) fn create(key: Option<i32>, size: u64, mode: u32) -> Result<i32> {
     let size_t = usize::try_from(size).map_err(|_| Error::InvalidSize {
         size,
@@ -59,7 +60,10 @@ pub(crate) fn create(key: Option<i32>, size: u64, mode: u32) -> Result<i32> {
         });
     }
     // shmget applies no umask, but set the mode explicitly all the same.
-    set_mode(id, mode)?;
+    if let Err(e) = set_mode(id, mode) {
+        let _ = remove(id);
+        return Err(e);
+    }
     Ok(id)
 }
 
@@ -212,15 +216,26 @@ pub(crate) fn lock_file(
     let mode = seg.mode & 0o666;
     let path = lock_path(id);
     let what = path.display().to_string();
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::LOOP => Error::NotRegularFile(what.clone()),
-        e => Error::os("open(lock file)", e),
-    })?;
+    // Open an existing lock file without O_CREAT first: with fs.protected_regular,
+    // O_CREAT on another user's file in sticky /dev/shm fails even when it exists.
+    let fd = loop {
+        let base = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::open(&path, base, Mode::empty()) {
+            Ok(fd) => break fd,
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::LOOP) => return Err(Error::NotRegularFile(what)),
+            Err(e) => return Err(Error::os("open(lock file)", e)),
+        }
+        match rustix::fs::open(
+            &path,
+            base | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(mode),
+        ) {
+            Ok(fd) => break fd,
+            Err(rustix::io::Errno::EXIST) => continue, // created meanwhile: open it
+            Err(e) => return Err(Error::os("open(O_CREAT|O_EXCL lock file)", e)),
+        }
+    };
     let st = super::fd::check_object(std::os::fd::AsFd::as_fd(&fd), &what, true, true)?;
     let me = rustix::process::geteuid().as_raw();
     if st.st_uid == me {
