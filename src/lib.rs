@@ -40,18 +40,23 @@
 //! - **Untrusted memory.** Opening a segment copies the header once and checks
 //!   magic, version, layout fingerprint, checksum and every size and offset before
 //!   use; anything wrong is a typed [`Error`]. [`Offset`]s are bounds- and
-//!   alignment-checked on every resolve. A peer that *truncates* a POSIX or file
-//!   object under a mapping can still make others fault (SIGBUS); memfd segments
-//!   are sealed against that.
+//!   alignment-checked against the user region on every use; shared references are
+//!   handed out only for atomic-only types ([`ShmShared`]), plain data is copied
+//!   once ([`Segment::read`], [`Segment::write`]). A peer that *truncates* a POSIX
+//!   or file object under a mapping can still make others fault (SIGBUS); memfd
+//!   segments are sealed against that.
 //! - **Crash safety.** A creator killed during initialisation never leaves a
-//!   segment that opens as `Ready`; openers get [`Error::CreatorDied`] and
-//!   [`SegmentOptions::open_or_create`] reclaims it. A process killed while
-//!   attaching or attached leaves a registry slot that peers see as dead and reclaim.
+//!   segment that opens as `Ready`: named segments are built unnamed and linked
+//!   when complete; elsewhere openers get [`Error::CreatorDied`] and
+//!   [`SegmentOptions::open_or_create`] reclaims what carries our magic (and
+//!   nothing else). A process killed while attaching or attached leaves a registry
+//!   slot that peers see as dead and reclaim.
 //! - **Checked by:** loom models of the init-state protocol and the slot claim
 //!   (including a thread that stops half-way); multi-process and `SIGKILL` tests of
 //!   real segments; a fuzz target over segment images; miri over the heap-backed
 //!   region.
-//! - **Platform:** Linux only (x86_64, aarch64). Segments are at most 64 GiB.
+//! - **Platform:** Linux only (x86_64, aarch64), with `/proc` mounted. Segments are
+//!   at most 64 GiB. The README lists every known limitation.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
