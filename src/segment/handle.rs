@@ -271,14 +271,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn kind(&self) -> SegmentKind {
-        match self.spec {
-            Spec::Posix(_) => SegmentKind::Posix,
-            Spec::File(_) => SegmentKind::File,
-            Spec::Memfd => SegmentKind::Memfd,
-            Spec::Anonymous => SegmentKind::Anonymous,
-            Spec::SysV(_) | Spec::SysVId(_) => SegmentKind::SysV,
-            Spec::Heap => SegmentKind::Heap,
-        }
+        self.spec.kind()
     }
 
     /// The System V id, for System V segments.

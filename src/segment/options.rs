@@ -28,6 +28,20 @@ pub(crate) enum Spec {
     Heap,
 }
 
+impl Spec {
+    /// The kind this spec makes or opens.
+    pub(crate) fn kind(&self) -> SegmentKind {
+        match self {
+            Spec::Posix(_) => SegmentKind::Posix,
+            Spec::File(_) => SegmentKind::File,
+            Spec::Memfd => SegmentKind::Memfd,
+            Spec::Anonymous => SegmentKind::Anonymous,
+            Spec::SysV(_) | Spec::SysVId(_) => SegmentKind::SysV,
+            Spec::Heap => SegmentKind::Heap,
+        }
+    }
+}
+
 /// The kind of a segment.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -348,14 +362,7 @@ impl SegmentOptions {
     /// assert_eq!(shmkit::SegmentOptions::memfd().kind(), shmkit::SegmentKind::Memfd);
     /// ```
     pub fn kind(&self) -> SegmentKind {
-        match self.spec {
-            Spec::Posix(_) => SegmentKind::Posix,
-            Spec::File(_) => SegmentKind::File,
-            Spec::Memfd => SegmentKind::Memfd,
-            Spec::Anonymous => SegmentKind::Anonymous,
-            Spec::SysV(_) | Spec::SysVId(_) => SegmentKind::SysV,
-            Spec::Heap => SegmentKind::Heap,
-        }
+        self.spec.kind()
     }
 
     /// Checks the sizes and works out the layout of a new segment.
