@@ -10,14 +10,16 @@
 #![cfg(not(miri))]
 #![allow(clippy::disallowed_types)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::io::{Read, Write};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use common::{LineChild, PATIENCE, poll, shm_path, sysv_lock_path};
 use shmkit::{Error, Offset, Opened, Segment, SegmentOptions, SlotState};
 
 const ROLE: &str = "SHMKIT_CHILD_ROLE";
@@ -26,8 +28,6 @@ const CELL: &str = "SHMKIT_CHILD_CELL";
 /// Prefix of every line a child says to its parent (libtest prints its own lines).
 const PREFIX: &str = "SHMKIT:";
 
-/// Bound on waiting for a child's line, exit or state change (a hang, not a speed limit).
-const PATIENCE: Duration = Duration::from_secs(30);
 /// A test still running after this long is hung: the watchdog aborts the binary.
 const WATCHDOG: Duration = Duration::from_secs(100);
 
@@ -130,69 +130,26 @@ impl Drop for Target {
     }
 }
 
-fn shm_path(name: &str) -> PathBuf {
-    PathBuf::from("/dev/shm").join(name)
-}
-
-/// The companion lock file of System V segment `id`.
-fn sysv_lock_path(id: i32) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/.shmkit-sysv-{id}.lock"))
-}
-
 /// A child process of this test binary, killed and reaped when dropped.
-struct ChildProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-}
+struct ChildProc(LineChild);
 
 impl ChildProc {
     fn spawn(role: &str, target: &Target, extra: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "child_main",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE, role)
-        .env(TARGET, target.env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        let mut cmd = common::child_main_command();
+        cmd.env(ROLE, role).env(TARGET, target.env());
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn the test binary");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                // libtest may have printed "test child_main ... " on the same line.
-                if let Some(at) = line.find(PREFIX) {
-                    if tx.send(line[at + PREFIX.len()..].to_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-        }
+        Self(LineChild::spawn(cmd, Stdio::piped()))
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// The words after `tag` in the next line the child says (bounded wait).
     fn line(&self, tag: &str) -> Vec<String> {
-        let said = match self.lines.recv_timeout(PATIENCE) {
+        let said = match self.0.next_after(PREFIX, PATIENCE) {
             Ok(l) => l,
             Err(e) => panic!("child {} did not say {tag:?}: {e}", self.pid()),
         };
@@ -204,14 +161,14 @@ impl ChildProc {
     }
 
     fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
+        let stdin = self.0.stdin().expect("stdin still open");
         writeln!(stdin, "{line}").unwrap();
         stdin.flush().unwrap();
     }
 
     /// End-of-file on the child's stdin: "you may go now".
     fn close_stdin(&mut self) {
-        drop(self.stdin.take());
+        self.0.close_stdin();
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -223,40 +180,15 @@ impl ChildProc {
 
     /// Waits (bounded) for the child to exit, and reaps it.
     fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "child {} did not exit",
-                self.pid()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.0
+            .wait_for_exit(PATIENCE)
+            .unwrap_or_else(|| panic!("child {} did not exit", self.pid()))
     }
 
     /// SIGKILL, then reap.
     fn kill_and_reap(&mut self) -> ExitStatus {
-        self.child.kill().unwrap();
+        self.0.kill().unwrap();
         self.wait_exit()
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        // std does not signal a child it has already reaped; SIGKILL ends a stopped one.
-        let _ = self.child.kill();
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Ok(None) = self.child.try_wait() {
-            if Instant::now() >= deadline {
-                eprintln!("child {} could not be reaped", self.child.id());
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
     }
 }
 
@@ -275,21 +207,18 @@ impl Grandchild {
         // SAFETY: kill takes plain integers and touches no memory. (Not reaped yet,
         // so the pid is still the grandchild's, alive or a zombie.)
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        let pid = self.pid;
+        let reaped = poll(PATIENCE, Duration::from_millis(2), || {
             let mut status = 0;
             // SAFETY: waitpid on one pid with a valid status pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
             // ECHILD: not (yet) ours; done once /proc no longer has it.
-            if r == self.pid || (r < 0 && proc_stat(self.pid as u32).is_none()) {
-                self.reaped = true;
-                return;
-            }
-            if Instant::now() >= deadline {
-                eprintln!("grandchild {} could not be reaped", self.pid);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+            (r == pid || (r < 0 && proc_stat(pid as u32).is_none())).then_some(())
+        });
+        if reaped.is_some() {
+            self.reaped = true;
+        } else {
+            eprintln!("grandchild {} could not be reaped", self.pid);
         }
     }
 }
@@ -322,20 +251,36 @@ fn proc_stat(pid: u32) -> Option<(u8, u64)> {
 
 /// Waits (bounded) until `pid`'s /proc state is `want`.
 fn wait_for_state(pid: u32, want: u8) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let now = proc_stat(pid).map(|s| s.0);
-        if now == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} never reached state {:?} (last {:?})",
-            want as char,
-            now.map(char::from)
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut now = None;
+    let reached = poll(PATIENCE, Duration::from_millis(1), || {
+        now = proc_stat(pid).map(|s| s.0);
+        // A zombie leader is not yet a dead process while its other threads are
+        // still exiting (the library rightly calls that alive): wait for them all.
+        let settled = want != b'Z' || all_threads_exited(pid);
+        (now == Some(want) && settled).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "process {pid} never reached state {:?} (last {:?})",
+        want as char,
+        now.map(char::from)
+    );
+}
+
+/// Whether every thread of `pid` is a zombie or gone.
+fn all_threads_exited(pid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    dir.filter_map(Result::ok).all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|text| {
+                let after = text.rfind(')')?;
+                text[after + 1..].split_whitespace().next().map(str::to_owned)
+            })
+            .is_none_or(|st| st == "Z" || st == "X")
+    })
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> T
@@ -958,15 +903,11 @@ fn spawn_families(seg: &Segment, target: &Target, after_fork: bool) -> Vec<Famil
     for (i, f) in families.iter_mut().enumerate() {
         assert!(seg.is_alive(f.child.slot).unwrap());
         if after_fork {
-            let deadline = Instant::now() + PATIENCE;
-            let report = loop {
+            let report = poll(PATIENCE, Duration::from_millis(1), || {
                 let v = cell(seg, i as u64).load(Ordering::Acquire);
-                if v != 0 {
-                    break v;
-                }
-                assert!(Instant::now() < deadline, "grandchild {i} never reported");
-                std::thread::sleep(Duration::from_millis(1));
-            };
+                (v != 0).then_some(v)
+            })
+            .unwrap_or_else(|| panic!("grandchild {i} never reported"));
             assert_ne!(report, u64::MAX, "after_fork failed in grandchild {i}");
             let gslot = (report - 1) as u32;
             let info = seg.slot_info(gslot).unwrap();

@@ -15,17 +15,20 @@
 #![cfg(not(miri))]
 #![allow(clippy::disallowed_types)]
 
-use std::io::Read;
+mod common;
+
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
+use common::{
+    CHILD_MAIN, CapturedChild, DONE_MARKER, ONE_IGNORED_TEST, TempDir, euid, open_rw, reopen,
+};
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, SealFlags};
 use rustix::io::Errno;
 use shmkit::{Error, Offset, PAGE_SIZE, Segment, SegmentOptions};
 
@@ -44,89 +47,15 @@ const VALUE_VAR: &str = "SHMKIT_NOSPACE_VALUE";
 const TMPFS_SIZE: u64 = 16 << 20;
 /// Address space reserved by the segments that fill it: larger than the tmpfs.
 const MAX_SIZE: u64 = 64 << 20;
-/// Printed by a child that finished its role: proof that it ran at all (a child
-/// whose test filter matched nothing would also exit 0).
-const DONE_MARKER: &str = "SHMKIT-CHILD-DONE";
 /// Watchdog for a child: far beyond what it needs, so only a hang trips it.
 const CHILD_WATCHDOG: Duration = Duration::from_secs(180);
-/// The shell run by `unshare`: mount the small tmpfs, then become the test child.
-/// Exit code 97 says the mount failed.
-const NAMESPACE_SCRIPT: &str = "mount -t tmpfs -o size=16m tmpfs /dev/shm || exit 97
-exec \"$0\" child_main --exact --ignored --nocapture --test-threads=1";
+/// The first line of the shell run by `unshare`: mount the small tmpfs. Exit code 97
+/// says the mount failed.
+const MOUNT_TMPFS: &str = "mount -t tmpfs -o size=16m tmpfs /dev/shm || exit 97";
 
 // ---------------------------------------------------------------------------------
 // Children: spawn, bound, reap.
 // ---------------------------------------------------------------------------------
-
-/// A child process that is killed and reaped if the test ends before it does.
-struct ChildGuard {
-    child: Option<Child>,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-fn drain(r: Option<impl Read + Send + 'static>) -> Option<JoinHandle<String>> {
-    r.map(|mut r| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    })
-}
-
-impl ChildGuard {
-    fn spawn(mut cmd: Command) -> std::io::Result<Self> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn()?;
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        Ok(ChildGuard {
-            child: Some(child),
-            stdout,
-            stderr,
-        })
-    }
-
-    /// Waits (polling, bounded by `watchdog`) and returns the status and output.
-    fn wait(mut self, watchdog: Duration) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("waited once");
-        let deadline = Instant::now() + watchdog;
-        let status = loop {
-            match child.try_wait().expect("try_wait") {
-                Some(st) => break st,
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "child {} still running after {watchdog:?}: killed",
-                        child.id()
-                    );
-                }
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        let out = self.stdout.take().map(|h| h.join().unwrap_or_default());
-        let err = self.stderr.take().map(|h| h.join().unwrap_or_default());
-        let output = format!(
-            "--- child stdout ---\n{}\n--- child stderr ---\n{}",
-            out.unwrap_or_default(),
-            err.unwrap_or_default()
-        );
-        (status, output)
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Prints a message nobody can miss, then fails the test.
 fn loud_failure(msg: &str) -> ! {
@@ -161,23 +90,21 @@ fn assert_child_succeeded(status: ExitStatus, output: &str, role: &str, what: &s
 /// Runs `child_main` with `role` in a private mount namespace whose `/dev/shm` is a
 /// fresh 16 MiB tmpfs.
 fn run_in_private_tmpfs(role: &str, kind: &str) {
-    if rustix::process::geteuid().as_raw() != 0 {
+    if euid() != 0 {
         loud_failure("not running as root: cannot make a mount namespace or mount tmpfs");
     }
     let exe = std::env::current_exe().expect("current_exe");
+    // Mount the small tmpfs, then become the test child ("$0" is the test binary).
+    let script = format!(
+        "{MOUNT_TMPFS}\nexec \"$0\" {CHILD_MAIN} {}",
+        ONE_IGNORED_TEST.join(" ")
+    );
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        NAMESPACE_SCRIPT,
-    ])
-    .arg(&exe)
-    .env(ROLE_VAR, role)
-    .env(KIND_VAR, kind);
-    let child = match ChildGuard::spawn(cmd) {
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(&exe)
+        .env(ROLE_VAR, role)
+        .env(KIND_VAR, kind);
+    let child = match CapturedChild::spawn(cmd) {
         Ok(c) => c,
         Err(e) => loud_failure(&format!("cannot run `unshare`: {e}")),
     };
@@ -195,20 +122,7 @@ fn run_in_private_tmpfs(role: &str, kind: &str) {
 
 /// Runs `child_main` with `role` as a plain child (no namespace).
 fn run_child(role: &str, env: &[(&str, String)]) {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "child_main",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE_VAR, role);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let (status, output) = ChildGuard::spawn(cmd).expect("spawn").wait(CHILD_WATCHDOG);
+    let (status, output) = common::run_child_main(ROLE_VAR, role, env, CHILD_WATCHDOG);
     assert_child_succeeded(status, &output, role, role);
 }
 
@@ -510,17 +424,6 @@ fn required_seals() -> SealFlags {
     SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL
 }
 
-/// A new open file description of `fd`, as a peer gets by opening
-/// `/proc/<pid>/fd/<n>`.
-fn reopen(fd: BorrowedFd<'_>) -> OwnedFd {
-    open_rw(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-fn open_rw(path: &str) -> OwnedFd {
-    rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-        .unwrap_or_else(|e| panic!("open {path}: {e}"))
-}
-
 /// Whatever a holder of `fd` (opened read-write) tries, the object stays `size`
 /// bytes and its seals stay as they are.
 fn assert_cannot_resize(fd: BorrowedFd<'_>, size: u64) {
@@ -726,15 +629,8 @@ fn an_unsealed_or_partly_sealed_memfd_is_refused() {
     }
 
     // A descriptor that is not a memfd at all (a regular file) is refused the same way.
-    struct RemoveDir(PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let dir = RemoveDir(std::env::temp_dir().join(shmkit::unique_name("nospace-").expect("name")));
-    std::fs::create_dir(&dir.0).expect("mkdir");
-    let path = dir.0.join("plain");
+    let dir = TempDir::new();
+    let path = dir.join("plain");
     std::fs::write(&path, vec![0u8; PAGE_SIZE as usize]).expect("write");
     let plain: OwnedFd = std::fs::OpenOptions::new()
         .read(true)

@@ -11,26 +11,22 @@
 //! These tests run as root (as CI does): `chown` to a foreign uid needs it.
 #![cfg(not(miri))]
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
-use std::io::Read;
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{DONE_MARKER, TempDir, euid, reopen, shm_path, sysv_lock_path};
 use shmkit::{Error, SegmentOptions};
 
 /// Environment variable naming the role of a re-executed child.
 const ROLE_VAR: &str = "SHMKIT_SECURITY_ROLE";
 /// Environment variable carrying the umask (octal) for the `umask` role.
 const UMASK_VAR: &str = "SHMKIT_SECURITY_UMASK";
-/// Printed by a child that finished its role: proof that it ran at all (a child
-/// whose test filter matched nothing would also exit 0).
-const DONE_MARKER: &str = "SHMKIT-CHILD-DONE";
 /// Watchdog for a child: far beyond what it needs, so only a hang trips it.
 const CHILD_WATCHDOG: Duration = Duration::from_secs(120);
 /// A uid nobody on the test machine is expected to have.
@@ -45,14 +41,6 @@ const SEG_SIZE: u64 = 1 << 20;
 
 fn name() -> String {
     shmkit::unique_name("sec-").expect("unique_name")
-}
-
-fn shm_path(name: &str) -> PathBuf {
-    Path::new("/dev/shm").join(name)
-}
-
-fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
 }
 
 /// Removes a path (file, symlink, fifo or empty directory) on drop, ignoring
@@ -73,28 +61,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A private directory under the system temp dir, removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(name());
-        fs::create_dir(&dir).expect("create temp dir");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod temp dir");
-        TempDir(dir)
-    }
-
-    fn join(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Removes a System V segment (and its companion lock file) on drop.
 struct SysvGuard(i32);
 
@@ -103,10 +69,6 @@ impl Drop for SysvGuard {
         let _ = SegmentOptions::sysv_id(self.0).remove();
         let _ = fs::remove_file(sysv_lock_path(self.0));
     }
-}
-
-fn sysv_lock_path(id: i32) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/.shmkit-sysv-{id}.lock"))
 }
 
 /// `shmctl(IPC_STAT)`.
@@ -139,93 +101,10 @@ fn sysv_set(id: i32, uid: u32, mode: u32) {
     );
 }
 
-/// A child process that is killed and reaped if the test ends before it does.
-struct ChildGuard {
-    child: Option<Child>,
-    stdout: Option<JoinHandle<String>>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-fn drain(r: Option<impl Read + Send + 'static>) -> Option<JoinHandle<String>> {
-    r.map(|mut r| {
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = r.read_to_end(&mut s);
-            String::from_utf8_lossy(&s).into_owned()
-        })
-    })
-}
-
-impl ChildGuard {
-    fn spawn(mut cmd: Command) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn child");
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        ChildGuard {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits (polling, bounded by `watchdog`) and returns the status and output.
-    fn wait(mut self, watchdog: Duration) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("waited once");
-        let deadline = Instant::now() + watchdog;
-        let status = loop {
-            match child.try_wait().expect("try_wait") {
-                Some(st) => break st,
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "child {} still running after {watchdog:?}: killed",
-                        child.id()
-                    );
-                }
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        let out = self.stdout.take().map(|h| h.join().unwrap_or_default());
-        let err = self.stderr.take().map(|h| h.join().unwrap_or_default());
-        let output = format!(
-            "--- child stdout ---\n{}\n--- child stderr ---\n{}",
-            out.unwrap_or_default(),
-            err.unwrap_or_default()
-        );
-        (status, output)
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Runs `child_main` in a fresh copy of this test binary with `role` and `env`, and
 /// asserts that it succeeded (exited 0, not killed by a signal).
 fn run_child(role: &str, env: &[(&str, String)]) {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "child_main",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE_VAR, role);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let (status, output) = ChildGuard::spawn(cmd).wait(CHILD_WATCHDOG);
+    let (status, output) = common::run_child_main(ROLE_VAR, role, env, CHILD_WATCHDOG);
     assert_eq!(
         status.signal(),
         None,
@@ -375,18 +254,6 @@ fn check_created_mode(
             assert_eq!(peer.seed(), seg.seed(), "{ctx}: reopen");
         }
     }
-}
-
-/// A new open file description of `fd`, as a peer gets by opening
-/// `/proc/<pid>/fd/<n>`.
-fn reopen(fd: BorrowedFd<'_>) -> OwnedFd {
-    use std::os::fd::AsRawFd;
-    rustix::fs::open(
-        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .expect("reopen through /proc/self/fd")
 }
 
 fn modes_are_exact_under_umask(mask: u32) {

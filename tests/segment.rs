@@ -3,14 +3,17 @@
 #![cfg(not(miri))]
 #![allow(clippy::disallowed_types)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{LineChild, PATIENCE, eventually};
 use shmkit::{Error, Offset, Opened, Segment, SegmentKind, SegmentOptions, SlotState};
 
 const ROLE: &str = "SHMKIT_SEGMENT_TEST_ROLE";
@@ -18,90 +21,36 @@ const ARG: &str = "SHMKIT_SEGMENT_TEST_ARG";
 const MAGIC: u64 = 0x0005_eed0_f5e9_u64;
 
 /// A child process of this test binary that is killed and reaped on drop.
-struct ChildGuard {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+struct ChildGuard(LineChild);
 
 impl ChildGuard {
     fn spawn(role: &str, arg: &str, stdin: Stdio) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "child_main",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, role)
-            .env(ARG, arg)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn child");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
+        let mut cmd = common::child_main_command();
+        cmd.env(ROLE, role).env(ARG, arg);
+        Self(LineChild::spawn(cmd, stdin))
     }
 
-    /// The next line the child printed that starts with `prefix`, within 30 s.
+    /// The next line the child printed that holds `prefix`: what follows it, trimmed
+    /// (bounded wait).
     fn expect(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                // libtest may print "test child_main ... " before our output.
-                Ok(l) if l.contains(prefix) => {
-                    let at = l.find(prefix).unwrap() + prefix.len();
-                    return l[at..].trim().to_owned();
-                }
-                Ok(_) => {}
-                Err(e) => panic!("child did not print {prefix:?}: {e}"),
-            }
+        match self.0.next_after(prefix, PATIENCE) {
+            Ok(rest) => rest.trim().to_owned(),
+            Err(e) => panic!("child did not print {prefix:?}: {e}"),
         }
     }
 
     /// Waits (bounded) for a successful exit.
     fn finish(mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "child failed: {st:?}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "child hung");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Some(st) = self.0.wait_for_exit(PATIENCE) else {
+            panic!("child hung")
+        };
+        assert!(st.success(), "child failed: {st:?}");
     }
 }
 
 fn counter(seg: &Segment) -> &AtomicU64 {
     seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))
         .unwrap()
-}
-
-/// Waits (bounded) until `f` holds.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The peer side of every kind: check the parent's value, answer, watch growth.
@@ -469,14 +418,7 @@ fn bad_environment_values_are_bad_env() {
         (Some("99999999999"), "not an id"),
         (Some(""), "not an id"),
     ] {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "env_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let out = common::self_test_command("env_child")
             .env_remove(var)
             .envs(value.map(|v| (var, v)))
             .output()
