@@ -277,7 +277,10 @@ fn all_threads_exited(pid: u32) -> bool {
             .ok()
             .and_then(|text| {
                 let after = text.rfind(')')?;
-                text[after + 1..].split_whitespace().next().map(str::to_owned)
+                text[after + 1..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
             })
             .is_none_or(|st| st == "Z" || st == "X")
     })
