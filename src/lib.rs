@@ -14,6 +14,8 @@
 //!   vouches for ([`Segment::slot_info`], [`Segment::reclaim_dead`]);
 //! - [`Offset`]: base-relative references, checked on every resolve;
 //!   [`Tagged`] / [`AtomicTagged`]: offset + 32-bit tag words for ABA-safe CAS;
+//! - [`sync`]: robust process-shared locks ([`sync::Mutex`] so far): a holder that
+//!   dies is detected within milliseconds and the next locker gets `OwnerDied`;
 //! - [`ShmSafe`]: the marker for types allowed in a segment; [`ShmShared`]: those
 //!   that may be shared by reference (atomics only).
 //!
@@ -74,12 +76,13 @@ mod layout;
 pub mod loom;
 mod ptr;
 mod segment;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use layout::{PAGE_SIZE, ShmSafe, ShmShared};
 pub use ptr::{AtomicTagged, Offset, Tagged};
 pub use segment::{
-    DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, MAX_NAME_LEN, Opened, Segment,
+    DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, MAX_NAME_LEN, Opened, OwnerTag, Segment,
     SegmentKind, SegmentOptions, SlotInfo, SlotState, recv_fd, unique_name,
 };
 

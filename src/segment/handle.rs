@@ -110,6 +110,14 @@ impl Segment {
         Ok(())
     }
 
+    /// The state word of registry slot `slot` (Acquire), `None` if out of range.
+    pub(crate) fn slot_word(&self, slot: u32) -> Option<u64> {
+        // SYNC: Acquire pairs with the Release CAS in registry::claim.
+        self.slots()
+            .get(slot as usize)
+            .map(|s| s.state.load(Ordering::Acquire))
+    }
+
     /// The registry slots (validated offsets from the header snapshot).
     fn slots(&self) -> &[Slot] {
         // SAFETY: `fields` passed `validate`: registry_offset is 64-aligned, and
@@ -749,6 +757,34 @@ impl Segment {
         // committed <= mapping length, so the pointer stays inside our mapping (one
         // allocation); the base is non-null.
         Ok(unsafe { NonNull::new_unchecked(self.map.ptr().as_ptr().add(off).cast::<T>()) })
+    }
+
+    /// Moves `value` into the user region at `offset` and returns a shared
+    /// reference to it there: how segment-resident objects (locks, queues) are
+    /// initialised in place.
+    ///
+    /// # Safety
+    ///
+    /// Nobody may access the `T` at `offset` (in this process or another) while it
+    /// is being written; the caller's protocol (a directory entry, an offset
+    /// published afterwards with Release) makes it reachable only once placed. Any
+    /// value previously there is overwritten without being dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    ///
+    /// # Examples
+    ///
+    /// See [`sync::Mutex`](crate::sync::Mutex).
+    pub unsafe fn place<T: ShmShared>(&self, offset: Offset<T>, value: T) -> Result<&T> {
+        let p = self.resolve_ptr(offset)?;
+        // SAFETY: in bounds and aligned (resolve_ptr); exclusive access for the
+        // write is the caller's promise; the reference then is as in `resolve`.
+        unsafe {
+            p.as_ptr().write(value);
+            Ok(p.as_ref())
+        }
     }
 
     /// Copies a `T` out of the user region (a volatile read: a peer may be writing

@@ -12,6 +12,7 @@ mod names;
 mod open;
 mod options;
 mod os;
+mod owner;
 mod proc;
 #[doc(hidden)]
 pub mod registry;
@@ -25,4 +26,5 @@ pub use names::{MAX_NAME_LEN, unique_name};
 pub use options::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, Opened, SegmentKind, SegmentOptions,
 };
+pub use owner::OwnerTag;
 pub use slot_info::{SlotInfo, SlotState};

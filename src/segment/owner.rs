@@ -1,0 +1,118 @@
+//! Owner tags: who holds something in a segment, packed so that one 64-bit word can
+//! say it, and the question every robust structure asks: is that owner alive?
+
+use crate::segment::handle::Segment;
+use crate::segment::registry::{ACTIVE, STATUS_MASK};
+
+/// Bits of an owner tag that carry the incarnation.
+const INC_BITS: u32 = 46;
+/// Mask of the incarnation part.
+const INC_MASK: u64 = (1 << INC_BITS) - 1;
+/// Mask of the slot part (16 bits above the incarnation).
+const SLOT_MASK: u64 = 0xffff << INC_BITS;
+
+/// A registry slot plus 46 bits of the holder's random incarnation, packed in the
+/// low 62 bits of a word; the two top bits are free for the structure using it
+/// (e.g. a lock's waiters and inconsistent flags).
+///
+/// A tag whose incarnation bits are zero names nobody (no real owner has them
+/// zero); structures use such words for their special states.
+///
+/// # Examples
+///
+/// ```
+/// let seg = shmkit::SegmentOptions::heap().create()?;
+/// let me = seg.owner_tag();
+/// assert_eq!(me.slot(), seg.slot());
+/// assert!(seg.is_owner_alive(me));
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OwnerTag(u64);
+
+impl OwnerTag {
+    /// The bits a tag may occupy in a word.
+    pub const MASK: u64 = SLOT_MASK | INC_MASK;
+
+    /// The tag of `(slot, incarnation)`; `None` if the slot does not fit in 16 bits.
+    pub fn new(slot: u32, incarnation: u64) -> Option<Self> {
+        if slot > 0xffff {
+            return None;
+        }
+        // Registry incarnations have their two low bits clear; drop them, keep 46
+        // random bits, and never produce zero.
+        let inc = ((incarnation >> 2) & INC_MASK).max(1);
+        Some(Self((u64::from(slot) << INC_BITS) | inc))
+    }
+
+    /// Reads the tag part of `word` (the top two bits are ignored). May name nobody.
+    #[inline]
+    pub const fn from_word(word: u64) -> Self {
+        Self(word & Self::MASK)
+    }
+
+    /// The tag as word bits.
+    #[inline]
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// The registry slot.
+    #[inline]
+    pub const fn slot(self) -> u32 {
+        ((self.0 & SLOT_MASK) >> INC_BITS) as u32
+    }
+
+    /// Whether this tag names nobody (zero incarnation bits).
+    #[inline]
+    pub const fn is_nobody(self) -> bool {
+        self.0 & INC_MASK == 0
+    }
+
+    /// Whether `incarnation` (a registry slot word's incarnation) matches this tag.
+    #[inline]
+    fn matches(self, incarnation: u64) -> bool {
+        ((incarnation >> 2) & INC_MASK).max(1) == self.0 & INC_MASK
+    }
+}
+
+impl Segment {
+    /// This handle's owner tag.
+    ///
+    /// # Examples
+    ///
+    /// See [`OwnerTag`].
+    pub fn owner_tag(&self) -> OwnerTag {
+        OwnerTag::new(self.slot(), self.incarnation()).unwrap_or(OwnerTag(0))
+    }
+
+    /// Whether the holder `tag` names is alive: its slot still holds that
+    /// incarnation, attached, and the registry judges it alive. A tag naming nobody,
+    /// a slot out of range, a detached or reused slot, and a dead process are all
+    /// "not alive". Costs a few loads for our own tag or a changed slot, and one
+    /// lock probe (a syscall) otherwise.
+    ///
+    /// # Examples
+    ///
+    /// See [`OwnerTag`].
+    pub fn is_owner_alive(&self, tag: OwnerTag) -> bool {
+        if tag.is_nobody() {
+            return false;
+        }
+        if tag == self.owner_tag() {
+            return true;
+        }
+        let Some(word) = self.slot_word(tag.slot()) else {
+            return false; // slot out of range: a corrupt tag names nobody
+        };
+        if word & STATUS_MASK != ACTIVE || !tag.matches(word & !STATUS_MASK) {
+            return false;
+        }
+        // Same incarnation still attached: ask the registry (lock probe, /proc).
+        // An error means we cannot tell: assume alive (never declare a live
+        // owner dead on weak evidence).
+        self.slot_info(tag.slot()).map_or(true, |i| {
+            i.state == crate::SlotState::Alive && i.incarnation == word & !STATUS_MASK
+        })
+    }
+}

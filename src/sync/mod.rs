@@ -1,0 +1,17 @@
+//! Robust process-shared synchronisation: locks that no dying process can
+//! deadlock.
+//!
+//! Every type here lives in a segment, holds no process-local state, and names its
+//! holder with an [`OwnerTag`](crate::OwnerTag) (registry slot + incarnation), so a
+//! waiter can ask the registry whether the holder is still alive. Waiting is a
+//! shared futex (see [`futex`]) with a bounded sleep slice: a dead holder is
+//! noticed within a few milliseconds even if nobody wakes the waiter.
+
+mod context;
+pub mod futex;
+mod lock_error;
+mod mutex;
+
+pub use context::Context;
+pub use lock_error::{LockError, LockResult};
+pub use mutex::{Mutex, MutexGuard};

@@ -1,0 +1,475 @@
+//! `Mutex<T>`: a robust, process-shared mutual-exclusion lock.
+//!
+//! # Lock word (`word`, 64 bits)
+//!
+//! | bits   | meaning                                                        |
+//! |--------|----------------------------------------------------------------|
+//! | 0..46  | holder's incarnation bits ([`OwnerTag`]); 0 = names nobody      |
+//! | 46..62 | holder's registry slot                                          |
+//! | 62     | `WAITERS`: someone may be sleeping on `seq`                     |
+//! | 63     | `INCONSISTENT`: the data may be half-updated (holder died)      |
+//!
+//! | word                          | state                                        |
+//! |-------------------------------|----------------------------------------------|
+//! | `0`                           | unlocked                                     |
+//! | `tag [| WAITERS]`             | held by `tag`                                |
+//! | `tag | INCONSISTENT [| W]`    | held by `tag`, which got `OwnerDied`         |
+//! | `NOT_RECOVERABLE [| W]`       | a holder dropped an inconsistent guard       |
+//! | `ABANDONED [| W]`             | a holder panicked: next locker gets `OwnerDied` |
+//! | any other word naming nobody, or a dead holder | taken over by the next locker, who gets `OwnerDied` |
+//!
+//! Uncontended `lock` is one compare-and-swap `0 → tag` and `unlock` one swap to
+//! `0`: no syscall. Contended lockers spin briefly, then set `WAITERS` and sleep on
+//! the 32-bit futex word `seq`, which every unlock that saw `WAITERS` bumps before
+//! waking one sleeper. Sleeps are sliced (2 ms): between slices a waiter asks the
+//! registry whether the holder is alive, so a holder killed with SIGKILL is noticed
+//! within a few milliseconds, without any help from the dead.
+//!
+//! # A process dying inside each operation
+//!
+//! - in `lock` before its CAS, or while spinning or sleeping: nothing changed (a
+//!   `WAITERS` bit it set only costs one extra wake);
+//! - holding the lock (anywhere between its CAS and its unlock): the word names a
+//!   dead holder; the next locker takes it over with `OwnerDied`;
+//! - in `unlock` after its swap: the lock is free; a wake it did not make is made
+//!   up for by the sleepers' slices.
+//!
+//! The algorithm is the classic futex mutex (Drepper, "Futexes Are Tricky", 2011),
+//! with the holder's identity in the word as in the kernel's robust futexes, and
+//! liveness from shmkit's registry instead of the kernel's robust list.
+//!
+//! # Safety
+//!
+//! The data lives in an `UnsafeCell` and is reached only through a guard, which
+//! exists only while its holder's tag is in the lock word; the marker-trait impls
+//! below say why the type may sit in shared memory.
+#![allow(unsafe_code)]
+
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use crate::layout::{ShmSafe, ShmShared};
+use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell, spin_loop};
+use crate::segment::OwnerTag;
+use crate::sync::futex;
+use crate::sync::{Context, LockError, LockResult};
+
+/// Someone may be sleeping on `seq`.
+const WAITERS: u64 = 1 << 62;
+/// The protected data may be inconsistent.
+const INCONSISTENT: u64 = 1 << 63;
+/// A holder dropped an inconsistent guard: nobody may lock again.
+const NOT_RECOVERABLE: u64 = INCONSISTENT;
+/// A holder panicked: the next locker takes over with `OwnerDied`.
+const ABANDONED: u64 = INCONSISTENT | (0xffff << 46);
+/// Spins before sleeping.
+const SPINS: u32 = 64;
+/// Longest sleep between two liveness checks of the holder.
+const LIVENESS_SLICE: Duration = Duration::from_millis(2);
+
+/// A robust mutual-exclusion lock protecting a `T`, placed in a segment and used by
+/// many processes.
+///
+/// If a holder dies (or panics) while holding it, exactly one later locker gets
+/// [`LockError::OwnerDied`] carrying the guard; it repairs the data and calls
+/// [`MutexGuard::make_consistent`]. Dropping that guard without it makes the mutex
+/// [`LockError::NotRecoverable`] for everyone. Not reentrant: a process (a
+/// [`Segment`](crate::Segment) handle) that locks twice without unlocking waits
+/// for itself, until its timeout.
+///
+/// # Examples
+///
+/// ```
+/// use shmkit::{Offset, SegmentOptions, sync::Mutex};
+///
+/// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+/// let at = Offset::<Mutex<u64>>::new(seg.user_offset());
+/// // SAFETY: nobody else uses this offset yet.
+/// let m = unsafe { seg.place(at, Mutex::new(0)) }?;
+/// *m.lock(&seg).unwrap() += 1;
+/// assert_eq!(*m.lock(&seg).unwrap(), 1);
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[repr(C)]
+pub struct Mutex<T> {
+    word: AtomicU64,
+    seq: AtomicU32,
+    _reserved: AtomicU32,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: repr(C); two atomics, a reserved atomic and the data, which is ShmSafe;
+// the shim's UnsafeCell is repr(transparent) over T; every bit pattern of the words
+// is a state the algorithm handles (see the state table).
+unsafe impl<T: ShmSafe> ShmSafe for Mutex<T> {}
+// SAFETY: the words are atomics; the data sits in an UnsafeCell reached only
+// through a guard, that is while holding the lock.
+unsafe impl<T: ShmSafe + Send> ShmShared for Mutex<T> {}
+// SAFETY: as std's Mutex: access to T is serialised by the lock.
+unsafe impl<T: Send> Sync for Mutex<T> {}
+// SAFETY: moving the mutex moves the T.
+unsafe impl<T: Send> Send for Mutex<T> {}
+
+/// Holds a [`Mutex`]; unlocks on drop.
+///
+/// Dropped while panicking, it leaves the mutex `ABANDONED`: the next locker gets
+/// `OwnerDied`, as if this holder had died.
+#[must_use = "the mutex unlocks as soon as the guard is dropped"]
+pub struct MutexGuard<'a, T> {
+    mutex: &'a Mutex<T>,
+    inconsistent: bool,
+}
+
+impl<T> Mutex<T> {
+    /// A new, unlocked mutex (build it in place with
+    /// [`Segment::place`](crate::Segment::place)).
+    #[cfg(not(loom))]
+    pub const fn new(value: T) -> Self {
+        Self {
+            word: AtomicU64::new(0),
+            seq: AtomicU32::new(0),
+            _reserved: AtomicU32::new(0),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// A new, unlocked mutex (build it in place with
+    /// [`Segment::place`](crate::Segment::place)).
+    #[cfg(loom)]
+    pub fn new(value: T) -> Self {
+        Self {
+            word: AtomicU64::new(0),
+            seq: AtomicU32::new(0),
+            _reserved: AtomicU32::new(0),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// Locks, waiting as long as it takes for a live holder.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::OwnerDied`] (holding the lock) if the previous holder died;
+    /// [`LockError::NotRecoverable`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Mutex`].
+    #[inline]
+    pub fn lock<'a>(&'a self, cx: &impl Context) -> LockResult<MutexGuard<'a, T>> {
+        let me = cx.me().bits();
+        // SYNC: Acquire pairs with the Release swap in MutexGuard::drop: the previous
+        // holder's writes to the data happen before ours.
+        if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Ok(self.guard(false));
+        }
+        self.lock_slow(cx, None, false)
+    }
+
+    /// Locks if that needs no waiting: free, or held by a dead holder (then
+    /// `OwnerDied`).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if a live holder has it; otherwise as
+    /// [`lock`](Self::lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, Mutex}};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let peer = seg.try_clone()?;
+    /// // SAFETY: nobody else uses this offset yet.
+    /// let m = unsafe { seg.place(Offset::<Mutex<u32>>::new(seg.user_offset()), Mutex::new(0)) }?;
+    /// let held = m.lock(&seg).unwrap();
+    /// assert!(matches!(m.try_lock(&peer), Err(LockError::WouldBlock)));
+    /// drop(held);
+    /// assert!(m.try_lock(&peer).is_ok());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn try_lock<'a>(&'a self, cx: &impl Context) -> LockResult<MutexGuard<'a, T>> {
+        self.lock_slow(cx, None, true)
+    }
+
+    /// Locks, waiting at most `timeout` for a live holder.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::TimedOut`]; otherwise as [`lock`](Self::lock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, Mutex}};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let peer = seg.try_clone()?;
+    /// // SAFETY: nobody else uses this offset yet.
+    /// let m = unsafe { seg.place(Offset::<Mutex<u32>>::new(seg.user_offset()), Mutex::new(0)) }?;
+    /// let _held = m.lock(&seg).unwrap();
+    /// let r = m.lock_for(&peer, Duration::from_millis(10));
+    /// assert!(matches!(r, Err(LockError::TimedOut)));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn lock_for<'a>(
+        &'a self,
+        cx: &impl Context,
+        timeout: Duration,
+    ) -> LockResult<MutexGuard<'a, T>> {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.lock_until(cx, deadline),
+            None => self.lock(cx),
+        }
+    }
+
+    /// Locks, waiting until `deadline` at the latest for a live holder.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::TimedOut`]; otherwise as [`lock`](Self::lock).
+    ///
+    /// # Examples
+    ///
+    /// See [`lock_for`](Self::lock_for).
+    pub fn lock_until<'a>(
+        &'a self,
+        cx: &impl Context,
+        deadline: Instant,
+    ) -> LockResult<MutexGuard<'a, T>> {
+        let me = cx.me().bits();
+        // SYNC: as in `lock`.
+        if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Ok(self.guard(false));
+        }
+        self.lock_slow(cx, Some(deadline), false)
+    }
+
+    /// Whether the mutex is held right now (a snapshot, for diagnostics).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let m = shmkit::sync::Mutex::new(0u8);
+    /// assert!(!m.is_locked());
+    /// ```
+    pub fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & !WAITERS != 0
+    }
+
+    /// Mutable access without locking, through exclusive ownership.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut m = shmkit::sync::Mutex::new(1u8);
+    /// *m.get_mut() += 1;
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        // SAFETY: `&mut self` excludes every other access.
+        self.data.with_mut(|p| unsafe { &mut *p })
+    }
+
+    #[inline]
+    fn guard(&self, inconsistent: bool) -> MutexGuard<'_, T> {
+        MutexGuard {
+            mutex: self,
+            inconsistent,
+        }
+    }
+
+    /// Everything but the uncontended fast path: take over from a dead holder,
+    /// spin, then sleep in liveness-checked slices.
+    #[cold]
+    fn lock_slow<'a>(
+        &'a self,
+        cx: &impl Context,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> LockResult<MutexGuard<'a, T>> {
+        let me = cx.me().bits();
+        let mut spins = 0;
+        // After sleeping, keep WAITERS when acquiring: others may sleep too.
+        let mut keep_waiters = 0;
+        loop {
+            let w = self.word.load(Ordering::Relaxed);
+            if w == 0 {
+                // SYNC: Acquire pairs with the Release swap in MutexGuard::drop.
+                match self.word.compare_exchange(
+                    0,
+                    me | keep_waiters,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Ok(self.guard(false)),
+                    Err(_) => continue,
+                }
+            }
+            if w & !WAITERS == NOT_RECOVERABLE {
+                return Err(LockError::NotRecoverable);
+            }
+            let owner = OwnerTag::from_word(w);
+            let check_owner = spins >= SPINS || try_only || owner.is_nobody();
+            if check_owner && owner.bits() != me && !cx.is_alive_owner(owner) {
+                // The holder is gone: take over, marking the data suspect. Exactly one
+                // CAS from this word succeeds. SYNC: Acquire pairs with the dead
+                // holder's last Release (whatever it published before dying).
+                let new = me | INCONSISTENT | (w & WAITERS);
+                match self
+                    .word
+                    .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => return Err(LockError::OwnerDied(self.guard(true))),
+                    Err(_) => continue,
+                }
+            }
+            if try_only {
+                return Err(LockError::WouldBlock);
+            }
+            if spins < SPINS {
+                spins += 1;
+                spin_loop();
+                continue;
+            }
+            // SYNC: Acquire keeps the WAITERS CAS below after this load, so a bump
+            // of `seq` by an unlock that saw WAITERS is either seen here or makes the
+            // futex wait return at once.
+            let s = self.seq.load(Ordering::Acquire);
+            if w & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            if !futex::wait(&self.seq, s, deadline, LIVENESS_SLICE) {
+                return Err(LockError::TimedOut);
+            }
+            keep_waiters = WAITERS;
+        }
+    }
+
+    /// Releases the lock, leaving `end` in the word (0, `NOT_RECOVERABLE` or
+    /// `ABANDONED`), and wakes sleepers.
+    #[inline]
+    fn release(&self, end: u64) {
+        // SYNC: Release pairs with the Acquire CAS in lock / lock_slow: our writes to
+        // the data happen before the next holder's.
+        let prev = self.word.swap(end, Ordering::Release);
+        if prev & WAITERS != 0 || end != 0 {
+            self.wake(end != 0);
+        }
+    }
+
+    #[cold]
+    fn wake(&self, all: bool) {
+        // SYNC: Release pairs with the Acquire load of `seq` in lock_slow.
+        self.seq.fetch_add(1, Ordering::Release);
+        if all {
+            futex::wake_all(&self.seq);
+        } else {
+            futex::wake_one(&self.seq);
+        }
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T> std::fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mutex")
+            .field(
+                "word",
+                &format_args!("{:#018x}", self.word.load(Ordering::Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> MutexGuard<'_, T> {
+    /// Declares the data repaired after [`LockError::OwnerDied`]: the mutex goes back
+    /// to normal service. A no-op on a consistent lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, Mutex}};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let peer = seg.try_clone()?;
+    /// // SAFETY: nobody else uses this offset yet.
+    /// let m = unsafe { seg.place(Offset::<Mutex<u32>>::new(seg.user_offset()), Mutex::new(0)) }?;
+    /// std::mem::forget(m.lock(&peer).unwrap()); // the holder...
+    /// peer.simulate_crash();                     // ...dies holding it
+    /// let mut g = m.lock(&seg).unwrap_err().into_owner_died().unwrap();
+    /// *g = 0; // repair
+    /// g.make_consistent();
+    /// drop(g);
+    /// assert!(m.lock(&seg).is_ok());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn make_consistent(&mut self) {
+        if self.inconsistent {
+            // The word is ours; only waiters may set WAITERS concurrently, hence
+            // the RMW. Relaxed: nothing is published by clearing the flag (the
+            // unlock's Release publishes the repaired data).
+            self.mutex.word.fetch_and(!INCONSISTENT, Ordering::Relaxed);
+            self.inconsistent = false;
+        }
+    }
+
+    /// Whether the data is still marked inconsistent (after `OwnerDied`, until
+    /// [`make_consistent`](Self::make_consistent)).
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent
+    }
+}
+
+impl<T> std::fmt::Debug for MutexGuard<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MutexGuard")
+            .field("inconsistent", &self.inconsistent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock: no other holder accesses the data.
+        self.mutex.data.with(|p| unsafe { &*p })
+    }
+}
+
+impl<T> DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in deref, and `&mut self` makes this the only access.
+        self.mutex.data.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+impl<T> Drop for MutexGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        let end = if std::thread::panicking() {
+            ABANDONED
+        } else if self.inconsistent {
+            NOT_RECOVERABLE
+        } else {
+            0
+        };
+        self.mutex.release(end);
+    }
+}
