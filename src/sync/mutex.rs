@@ -62,8 +62,8 @@ const INCONSISTENT: u64 = 1 << 63;
 const NOT_RECOVERABLE: u64 = INCONSISTENT;
 /// A holder panicked: the next locker takes over with `OwnerDied`.
 const ABANDONED: u64 = INCONSISTENT | (0xffff << 46);
-/// Spins before sleeping.
-const SPINS: u32 = 64;
+/// Spins before sleeping (few under loom, where each spin is a scheduling point).
+const SPINS: u32 = if cfg!(loom) { 2 } else { 64 };
 /// Longest sleep between two liveness checks of the holder.
 const LIVENESS_SLICE: Duration = Duration::from_millis(2);
 
