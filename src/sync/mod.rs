@@ -7,11 +7,15 @@
 //! shared futex (see [`futex`]) with a bounded sleep slice: a dead holder is
 //! noticed within a few milliseconds even if nobody wakes the waiter.
 
+mod condvar;
 mod context;
+mod event;
 pub mod futex;
 mod lock_error;
 mod mutex;
 
+pub use condvar::{Condvar, WaitTimeoutResult};
 pub use context::Context;
+pub use event::{Event, EventKind};
 pub use lock_error::{LockError, LockResult};
 pub use mutex::{Mutex, MutexGuard};

@@ -399,7 +399,7 @@ impl<T> std::fmt::Debug for Mutex<T> {
     }
 }
 
-impl<T> MutexGuard<'_, T> {
+impl<'a, T> MutexGuard<'a, T> {
     /// Declares the data repaired after [`LockError::OwnerDied`]: the mutex goes back
     /// to normal service. A no-op on a consistent lock.
     ///
@@ -428,6 +428,11 @@ impl<T> MutexGuard<'_, T> {
             self.mutex.word.fetch_and(!INCONSISTENT, Ordering::Relaxed);
             self.inconsistent = false;
         }
+    }
+
+    /// The mutex this guard holds.
+    pub(crate) fn mutex(&self) -> &'a Mutex<T> {
+        self.mutex
     }
 
     /// Whether the data is still marked inconsistent (after `OwnerDied`, until
