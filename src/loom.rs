@@ -108,6 +108,20 @@ macro_rules! atomic {
             pub fn fetch_and(&self, v: $int, order: Ordering) -> $int {
                 self.0.fetch_and(v, order)
             }
+            /// Applies `f` until it returns `None` or the CAS succeeds.
+            ///
+            /// # Errors
+            ///
+            /// The last value seen, when `f` returned `None`.
+            #[inline]
+            pub fn fetch_update(
+                &self,
+                set: Ordering,
+                fetch: Ordering,
+                f: impl FnMut($int) -> Option<$int>,
+            ) -> Result<$int, $int> {
+                self.0.fetch_update(set, fetch, f)
+            }
             /// Maximum, returning the old value.
             #[inline]
             pub fn fetch_max(&self, v: $int, order: Ordering) -> $int {

@@ -13,9 +13,11 @@ mod event;
 pub mod futex;
 mod lock_error;
 mod mutex;
+mod semaphore;
 
 pub use condvar::{Condvar, WaitTimeoutResult};
 pub use context::Context;
 pub use event::{Event, EventKind};
 pub use lock_error::{LockError, LockResult};
 pub use mutex::{Mutex, MutexGuard};
+pub use semaphore::{Semaphore, SemaphoreError};
