@@ -13,6 +13,7 @@ mod event;
 pub mod futex;
 mod lock_error;
 mod mutex;
+mod rwlock;
 mod semaphore;
 
 pub use condvar::{Condvar, WaitTimeoutResult};
@@ -20,4 +21,5 @@ pub use context::Context;
 pub use event::{Event, EventKind};
 pub use lock_error::{LockError, LockResult};
 pub use mutex::{Mutex, MutexGuard};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use semaphore::{Semaphore, SemaphoreError};

@@ -1,0 +1,596 @@
+//! `RwLock<T>`: many readers or one writer, robust for writers *and* readers.
+//!
+//! # Layout
+//!
+//! - `state` (64 bits): `0` when no writer; the writer's [`OwnerTag`] while a writer
+//!   holds the lock or is waiting for readers to leave; bit 63 `INCONSISTENT`: a
+//!   writer died mid-update (alone, with no tag: "free but suspect");
+//!   `NOT_RECOVERABLE` (bit 62 alone): a writer gave up on repair.
+//! - `readers[slot]` (64 bits each, one per registry slot): the reader's incarnation
+//!   bits and how many read locks that process holds. Only the slot's current
+//!   owner increments it; a writer clears the entry of a dead reader, so **a dead
+//!   reader's share is released**.
+//! - `seq`: a futex word bumped by every release that may unblock someone;
+//!   `sleepers`: a hint for whether to make the wake syscall.
+//!
+//! # Protocol
+//!
+//! A reader announces itself in its entry, then looks at `state`: no writer, it
+//! has the lock; a writer, it withdraws and waits. A writer puts its tag in
+//! `state` (from then on no new reader gets in), then waits until every entry is
+//! zero or names a dead process (which it clears). Both sides use `SeqCst` for the
+//! announce/look pair (the store-load pattern of Dekker's algorithm: without it a
+//! reader and a writer could each miss the other).
+//!
+//! **Fairness:** writer-preferring. Once a writer is waiting, new readers wait too;
+//! readers that already hold the lock finish. Writers queue on `state`.
+//!
+//! # A process dying inside each operation
+//!
+//! - reader, anywhere (announced or holding): its entry names a dead process; the
+//!   next writer clears it. A new process in the same registry slot also replaces
+//!   it on its first read.
+//! - writer, waiting for readers or holding: `state` names a dead writer; the next
+//!   writer takes over with `OwnerDied`; a reader that finds it marks the lock
+//!   `INCONSISTENT` and reads with `OwnerDied` (it cannot repair; a writer can).
+
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use crate::layout::{ShmSafe, ShmShared};
+use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::segment::OwnerTag;
+use crate::sync::{Context, LockError, LockResult, futex};
+
+const INCONSISTENT: u64 = 1 << 63;
+const NOT_RECOVERABLE: u64 = 1 << 62;
+const COUNT_BITS: u32 = 18;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// Longest sleep between two liveness checks.
+const SLICE: Duration = Duration::from_millis(2);
+
+/// A robust reader-writer lock protecting a `T`, for up to `READERS` registry slots
+/// (at least the segment's `registry_slots`; 128 by default, as the registry).
+///
+/// # Examples
+///
+/// ```
+/// use shmkit::{Offset, SegmentOptions, sync::RwLock};
+/// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+/// // SAFETY: nobody else uses this offset yet.
+/// let l = unsafe { seg.place(Offset::<RwLock<u64>>::new(seg.user_offset()), RwLock::new(7)) }?;
+/// let peer = seg.try_clone()?;
+/// {
+///     let a = l.read(&seg).unwrap();
+///     let b = l.read(&peer).unwrap(); // many readers
+///     assert_eq!(*a + *b, 14);
+/// }
+/// *l.write(&seg).unwrap() = 8; // one writer
+/// assert_eq!(*l.read(&peer).unwrap(), 8);
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[repr(C)]
+pub struct RwLock<T, const READERS: usize = 128> {
+    state: AtomicU64,
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+    readers: [AtomicU64; READERS],
+    data: UnsafeCell<T>,
+}
+
+#[allow(unsafe_code)] // marker impl only
+// SAFETY: repr(C): atomics, an array of atomics, and the ShmSafe data in a
+// repr(transparent) UnsafeCell; every bit pattern of the words is handled.
+unsafe impl<T: ShmSafe, const R: usize> ShmSafe for RwLock<T, R> {}
+#[allow(unsafe_code)] // marker impl only
+// SAFETY: the words are atomics; the data is reached only through guards.
+unsafe impl<T: ShmSafe + Send + Sync, const R: usize> ShmShared for RwLock<T, R> {}
+#[allow(unsafe_code)] // marker impl only
+// SAFETY: as std's RwLock: readers share &T, a writer has &mut T alone.
+unsafe impl<T: Send + Sync, const R: usize> Sync for RwLock<T, R> {}
+
+/// Shared access to an [`RwLock`]'s data; releases the read lock on drop.
+#[must_use = "the read lock is released as soon as the guard is dropped"]
+pub struct RwLockReadGuard<'a, T, const R: usize = 128> {
+    lock: &'a RwLock<T, R>,
+    entry: &'a AtomicU64,
+    inconsistent: bool,
+}
+
+/// Exclusive access to an [`RwLock`]'s data; releases the write lock on drop.
+#[must_use = "the write lock is released as soon as the guard is dropped"]
+pub struct RwLockWriteGuard<'a, T, const R: usize = 128> {
+    lock: &'a RwLock<T, R>,
+    inconsistent: bool,
+}
+
+/// The incarnation bits of a tag, as kept in a reader entry.
+fn entry_inc(tag: OwnerTag) -> u64 {
+    tag.bits() & ((1 << 46) - 1)
+}
+
+impl<T, const READERS: usize> RwLock<T, READERS> {
+    /// A new, unlocked lock (build it in place with
+    /// [`Segment::place`](crate::Segment::place)).
+    pub fn new(value: T) -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            seq: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+            readers: std::array::from_fn(|_| AtomicU64::new(0)),
+            data: UnsafeCell::new(value),
+        }
+    }
+
+    /// The caller's reader entry.
+    ///
+    /// # Panics
+    ///
+    /// If the caller's registry slot is not below `READERS` (a lock sized for fewer
+    /// slots than the segment's registry: a configuration bug).
+    fn entry(&self, me: OwnerTag) -> &AtomicU64 {
+        self.readers.get(me.slot() as usize).unwrap_or_else(|| {
+            panic!(
+                "RwLock has {READERS} reader slots but the caller holds registry slot {}",
+                me.slot()
+            )
+        })
+    }
+
+    /// Acquires a read lock, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::OwnerDied`] (holding a read lock) if a writer died mid-update
+    /// and nobody has repaired the data yet; [`LockError::NotRecoverable`].
+    ///
+    /// # Panics
+    ///
+    /// If the caller's registry slot is `READERS` or more.
+    ///
+    /// # Examples
+    ///
+    /// See [`RwLock`].
+    pub fn read<'a>(&'a self, cx: &impl Context) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
+        self.read_deadline(cx, None, false)
+    }
+
+    /// Acquires a read lock if no writer is in the way.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`]; as [`read`](Self::read).
+    ///
+    /// # Panics
+    ///
+    /// As [`read`](Self::read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, RwLock}};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// // SAFETY: nobody else uses this offset yet.
+    /// let l = unsafe { seg.place(Offset::<RwLock<u8>>::new(seg.user_offset()), RwLock::new(0)) }?;
+    /// let peer = seg.try_clone()?;
+    /// let w = l.write(&seg).unwrap();
+    /// assert!(matches!(l.try_read(&peer), Err(LockError::WouldBlock)));
+    /// drop(w);
+    /// assert!(l.try_read(&peer).is_ok());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn try_read<'a>(
+        &'a self,
+        cx: &impl Context,
+    ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
+        self.read_deadline(cx, None, true)
+    }
+
+    /// Acquires a read lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::TimedOut`]; as [`read`](Self::read).
+    ///
+    /// # Panics
+    ///
+    /// As [`read`](Self::read).
+    ///
+    /// # Examples
+    ///
+    /// See [`write_for`](Self::write_for).
+    pub fn read_for<'a>(
+        &'a self,
+        cx: &impl Context,
+        timeout: Duration,
+    ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
+        self.read_deadline(cx, Instant::now().checked_add(timeout), false)
+    }
+
+    /// Acquires the write lock, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::OwnerDied`] (holding the write lock) if a writer died
+    /// mid-update: repair, then [`RwLockWriteGuard::make_consistent`];
+    /// [`LockError::NotRecoverable`].
+    ///
+    /// # Examples
+    ///
+    /// See [`RwLock`].
+    pub fn write<'a>(&'a self, cx: &impl Context) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
+        self.write_deadline(cx, None, false)
+    }
+
+    /// Acquires the write lock if nobody is in the way (dead holders are cleared).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`]; as [`write`](Self::write).
+    ///
+    /// # Examples
+    ///
+    /// See [`try_read`](Self::try_read).
+    pub fn try_write<'a>(
+        &'a self,
+        cx: &impl Context,
+    ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
+        self.write_deadline(cx, None, true)
+    }
+
+    /// Acquires the write lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::TimedOut`]; as [`write`](Self::write).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, RwLock}};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// // SAFETY: nobody else uses this offset yet.
+    /// let l = unsafe { seg.place(Offset::<RwLock<u8>>::new(seg.user_offset()), RwLock::new(0)) }?;
+    /// let peer = seg.try_clone()?;
+    /// let r = l.read(&seg).unwrap();
+    /// assert!(matches!(l.write_for(&peer, Duration::from_millis(5)), Err(LockError::TimedOut)));
+    /// drop(r);
+    /// assert!(l.write_for(&peer, Duration::from_millis(5)).is_ok());
+    /// assert!(l.read_for(&peer, Duration::from_millis(5)).is_ok());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn write_for<'a>(
+        &'a self,
+        cx: &impl Context,
+        timeout: Duration,
+    ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
+        self.write_deadline(cx, Instant::now().checked_add(timeout), false)
+    }
+
+    /// Bumps `seq` and wakes sleepers, after a change that may unblock someone.
+    #[inline]
+    fn notify(&self) {
+        // SYNC: SeqCst orders the state/entry change before the bump, and the bump
+        // before reading `sleepers` (pairs with the waiter's increment of
+        // `sleepers` before its seq check, in `sleep`).
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            futex::wake_all(&self.seq);
+        }
+    }
+
+    /// Sleeps one slice unless `seq` moved since `s`; false if the deadline passed.
+    fn sleep(&self, s: u32, deadline: Option<Instant>) -> bool {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let ok = futex::wait(&self.seq, s, deadline, SLICE);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        ok
+    }
+
+    fn read_deadline<'a>(
+        &'a self,
+        cx: &impl Context,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
+        let me = cx.me();
+        let entry = self.entry(me);
+        let inc = entry_inc(me);
+        loop {
+            let s = self.seq.load(Ordering::SeqCst);
+            // Announce: our share, replacing a dead predecessor's entry in our slot.
+            let e = entry.load(Ordering::Relaxed);
+            let ours = if e >> COUNT_BITS == inc {
+                e & COUNT_MASK
+            } else {
+                0
+            };
+            if ours == COUNT_MASK {
+                return Err(LockError::WouldBlock); // 2^18 - 1 read locks held already
+            }
+            let announced = (inc << COUNT_BITS) | (ours + 1);
+            // SYNC: SeqCst: the Dekker store-load pair with the writer's state CAS and
+            // entry loads (see the module docs). Fails only if a writer cleared a
+            // dead predecessor's entry meanwhile: retry.
+            if entry
+                .compare_exchange(e, announced, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let w = self.state.load(Ordering::SeqCst);
+            if OwnerTag::from_word(w).is_nobody() && w & NOT_RECOVERABLE == 0 {
+                let inconsistent = w & INCONSISTENT != 0;
+                let g = RwLockReadGuard {
+                    lock: self,
+                    entry,
+                    inconsistent,
+                };
+                return if inconsistent {
+                    Err(LockError::OwnerDied(g))
+                } else {
+                    Ok(g)
+                };
+            }
+            // A writer (or a dead end): withdraw, and let a draining writer know.
+            withdraw(entry, inc);
+            self.notify();
+            if w == NOT_RECOVERABLE {
+                return Err(LockError::NotRecoverable);
+            }
+            let writer = OwnerTag::from_word(w);
+            if writer != me && !cx.is_alive_owner(writer) {
+                // The writer died: free but suspect. A writer will repair.
+                let _ = self.state.compare_exchange(
+                    w,
+                    INCONSISTENT,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                );
+                continue;
+            }
+            if try_only {
+                return Err(LockError::WouldBlock);
+            }
+            if !self.sleep(s, deadline) {
+                return Err(LockError::TimedOut);
+            }
+        }
+    }
+
+    fn write_deadline<'a>(
+        &'a self,
+        cx: &impl Context,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
+        let me = cx.me();
+        // 1. Put our tag in `state`.
+        let inconsistent = loop {
+            let s = self.seq.load(Ordering::SeqCst);
+            let w = self.state.load(Ordering::SeqCst);
+            if w == NOT_RECOVERABLE {
+                return Err(LockError::NotRecoverable);
+            }
+            let holder = OwnerTag::from_word(w);
+            let free = holder.is_nobody();
+            if free || (holder != me && !cx.is_alive_owner(holder)) {
+                let suspect = w & INCONSISTENT != 0 || !free;
+                let new = me.bits() | if suspect { INCONSISTENT } else { 0 };
+                // SYNC: SeqCst: the writer half of the Dekker pair (see module docs);
+                // also Acquire of the previous writer's Release store in `unlock`.
+                if self
+                    .state
+                    .compare_exchange(w, new, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break suspect;
+                }
+                continue;
+            }
+            if try_only {
+                return Err(LockError::WouldBlock);
+            }
+            if !self.sleep(s, deadline) {
+                return Err(LockError::TimedOut);
+            }
+        };
+        // 2. Wait for the readers to leave; clear the entries of dead readers.
+        loop {
+            let s = self.seq.load(Ordering::SeqCst);
+            if self.readers_gone(cx) {
+                let g = RwLockWriteGuard {
+                    lock: self,
+                    inconsistent,
+                };
+                return if inconsistent {
+                    Err(LockError::OwnerDied(g))
+                } else {
+                    Ok(g)
+                };
+            }
+            if try_only || !self.sleep(s, deadline) {
+                // Give up the claim, restoring what we found.
+                let back = if inconsistent { INCONSISTENT } else { 0 };
+                self.state.store(back, Ordering::SeqCst);
+                self.notify();
+                return Err(if try_only {
+                    LockError::WouldBlock
+                } else {
+                    LockError::TimedOut
+                });
+            }
+        }
+    }
+
+    /// Whether no live reader holds a share (dead readers' entries are cleared).
+    fn readers_gone(&self, cx: &impl Context) -> bool {
+        let mut gone = true;
+        for (slot, e) in self.readers.iter().enumerate() {
+            // SYNC: SeqCst: the writer's loads of the Dekker pair; also acquires the
+            // readers' Release decrements (their reads happen before our writes).
+            let w = e.load(Ordering::SeqCst);
+            if w & COUNT_MASK == 0 {
+                continue;
+            }
+            let owner = OwnerTag::new(slot as u32, (w >> COUNT_BITS) << 2);
+            if owner.is_some_and(|o| cx.is_alive_owner(o)) {
+                gone = false;
+            } else {
+                // A dead reader: release its share (only if the word is unchanged).
+                let _ = e.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed);
+            }
+        }
+        gone
+    }
+
+    /// Mutable access without locking, through exclusive ownership.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut l: shmkit::sync::RwLock<u8> = shmkit::sync::RwLock::new(1);
+    /// *l.get_mut() += 1;
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        #[allow(unsafe_code)]
+        // SAFETY: `&mut self` excludes every other access.
+        self.data.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+/// Removes one of our read shares from `entry`.
+fn withdraw(entry: &AtomicU64, inc: u64) {
+    let mut e = entry.load(Ordering::Relaxed);
+    loop {
+        if e >> COUNT_BITS != inc || e & COUNT_MASK == 0 {
+            return; // cleared by a writer that misjudged us dead: nothing to undo
+        }
+        // SYNC: Release: our reads of the data happen before a writer's Acquire load
+        // of this entry sees the share gone.
+        match entry.compare_exchange_weak(e, e - 1, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(now) => e = now,
+        }
+    }
+}
+
+impl<T, const R: usize> RwLockReadGuard<'_, T, R> {
+    /// Whether a writer died mid-update and the data has not been repaired.
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent
+    }
+}
+
+impl<T, const R: usize> RwLockWriteGuard<'_, T, R> {
+    /// Declares the data repaired after `OwnerDied`. A no-op on a consistent lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions, sync::RwLock};
+    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// // SAFETY: nobody else uses this offset yet.
+    /// let l = unsafe { seg.place(Offset::<RwLock<u8>>::new(seg.user_offset()), RwLock::new(0)) }?;
+    /// let peer = seg.try_clone()?;
+    /// std::mem::forget(l.write(&peer).unwrap());
+    /// peer.simulate_crash(); // the writer dies mid-update
+    /// let mut g = l.write(&seg).unwrap_err().into_owner_died().unwrap();
+    /// *g = 0;
+    /// g.make_consistent();
+    /// drop(g);
+    /// assert!(l.read(&seg).is_ok());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn make_consistent(&mut self) {
+        if self.inconsistent {
+            self.lock.state.fetch_and(!INCONSISTENT, Ordering::Relaxed);
+            self.inconsistent = false;
+        }
+    }
+
+    /// Whether the data is still marked inconsistent.
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent
+    }
+}
+
+impl<T, const R: usize> Deref for RwLockReadGuard<'_, T, R> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        #[allow(unsafe_code)]
+        // SAFETY: a read share is held: no writer has the data.
+        self.lock.data.with(|p| unsafe { &*p })
+    }
+}
+
+impl<T, const R: usize> Deref for RwLockWriteGuard<'_, T, R> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        #[allow(unsafe_code)]
+        // SAFETY: the write lock is held: nobody else has the data.
+        self.lock.data.with(|p| unsafe { &*p })
+    }
+}
+
+impl<T, const R: usize> DerefMut for RwLockWriteGuard<'_, T, R> {
+    fn deref_mut(&mut self) -> &mut T {
+        #[allow(unsafe_code)]
+        // SAFETY: as in deref, and `&mut self` makes this the only access.
+        self.lock.data.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+impl<T, const R: usize> Drop for RwLockReadGuard<'_, T, R> {
+    fn drop(&mut self) {
+        let inc = self.entry.load(Ordering::Relaxed) >> COUNT_BITS;
+        withdraw(self.entry, inc);
+        if self.lock.state.load(Ordering::SeqCst) != 0 {
+            self.lock.notify(); // a writer may be waiting for us
+        }
+    }
+}
+
+impl<T, const R: usize> Drop for RwLockWriteGuard<'_, T, R> {
+    fn drop(&mut self) {
+        let end = if std::thread::panicking() {
+            INCONSISTENT // free but suspect: the next writer repairs
+        } else if self.inconsistent {
+            NOT_RECOVERABLE
+        } else {
+            0
+        };
+        // SYNC: Release (within SeqCst): our writes to the data happen before the
+        // next reader's or writer's SeqCst load of `state`.
+        self.lock.state.store(end, Ordering::SeqCst);
+        self.lock.notify();
+    }
+}
+
+impl<T, const R: usize> std::fmt::Debug for RwLock<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RwLock")
+            .field(
+                "state",
+                &format_args!("{:#018x}", self.state.load(Ordering::Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, const R: usize> std::fmt::Debug for RwLockReadGuard<'_, T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RwLockReadGuard")
+            .field("inconsistent", &self.inconsistent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, const R: usize> std::fmt::Debug for RwLockWriteGuard<'_, T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RwLockWriteGuard")
+            .field("inconsistent", &self.inconsistent)
+            .finish_non_exhaustive()
+    }
+}
