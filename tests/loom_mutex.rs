@@ -12,60 +12,12 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_mutex`
 #![cfg(loom)]
 
+mod loom_model;
+
 use loom::sync::Arc;
 use loom::thread;
-use shmkit::OwnerTag;
-use shmkit::loom::{AtomicU32, Ordering};
-use shmkit::sync::{Context, LockError, Mutex};
-
-/// Liveness of up to four "processes".
-struct Registry {
-    alive: [AtomicU32; 4],
-}
-
-impl Registry {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            alive: [
-                AtomicU32::new(1),
-                AtomicU32::new(1),
-                AtomicU32::new(1),
-                AtomicU32::new(1),
-            ],
-        })
-    }
-
-    /// The kernel's part of SIGKILL: the process's liveness lock is released.
-    fn die(&self, slot: u32) {
-        self.alive[slot as usize].store(0, Ordering::Release);
-    }
-}
-
-/// One process: a slot in the registry.
-struct Proc {
-    reg: Arc<Registry>,
-    slot: u32,
-}
-
-impl Context for Proc {
-    fn me(&self) -> OwnerTag {
-        OwnerTag::new(self.slot, 0x1000 * (u64::from(self.slot) + 1)).unwrap()
-    }
-
-    fn is_alive_owner(&self, tag: OwnerTag) -> bool {
-        !tag.is_nobody()
-            && tag.slot() < 4
-            && tag == OwnerTag::new(tag.slot(), 0x1000 * (u64::from(tag.slot()) + 1)).unwrap()
-            && self.reg.alive[tag.slot() as usize].load(Ordering::Acquire) == 1
-    }
-}
-
-fn proc(reg: &Arc<Registry>, slot: u32) -> Proc {
-    Proc {
-        reg: reg.clone(),
-        slot,
-    }
-}
+use loom_model::{Registry, proc};
+use shmkit::sync::{LockError, Mutex};
 
 #[test]
 fn two_lockers_exclude_each_other_and_lose_no_update() {

@@ -18,9 +18,10 @@
 //! A reader announces itself in its entry, then looks at `state`: no writer, it
 //! has the lock; a writer, it withdraws and waits. A writer puts its tag in
 //! `state` (from then on no new reader gets in), then waits until every entry is
-//! zero or names a dead process (which it clears). Both sides use `SeqCst` for the
-//! announce/look pair (the store-load pattern of Dekker's algorithm: without it a
-//! reader and a writer could each miss the other).
+//! zero or names a dead process (which it clears). Both sides put a `SeqCst` fence
+//! between their store and their load (the store-load pattern of Dekker's
+//! algorithm: without it a reader and a writer could each miss the other; loom
+//! models fences, not `SeqCst` accesses, so the fences are what it checks).
 //!
 //! **Fairness:** writer-preferring. Once a writer is waiting, new readers wait too;
 //! readers that already hold the lock finish. Writers queue on `state`.
@@ -38,7 +39,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::layout::{ShmSafe, ShmShared};
-use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell, fence};
 use crate::segment::OwnerTag;
 use crate::sync::{Context, LockError, LockResult, futex};
 
@@ -298,7 +299,6 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         let entry = self.entry(me);
         let inc = entry_inc(me);
         loop {
-            let s = self.seq.load(Ordering::SeqCst);
             // Announce: our share, replacing a dead predecessor's entry in our slot.
             let e = entry.load(Ordering::Relaxed);
             let ours = if e >> COUNT_BITS == inc {
@@ -319,6 +319,10 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             {
                 continue;
             }
+            // SYNC: the SeqCst fence orders our announce before our look at `state`
+            // against the writer's fence in `write_deadline` (fence-based Dekker: a
+            // store-load pair is the one thing Acquire/Release cannot order).
+            fence(Ordering::SeqCst);
             let w = self.state.load(Ordering::SeqCst);
             if OwnerTag::from_word(w).is_nobody() && w & NOT_RECOVERABLE == 0 {
                 let inconsistent = w & INCONSISTENT != 0;
@@ -353,7 +357,13 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             if try_only {
                 return Err(LockError::WouldBlock);
             }
-            if !self.sleep(s, deadline) {
+            // Sleep on a `seq` read after our own notify (or our notify would wake
+            // us at once), and only while the writer is still there.
+            let s = self.seq.load(Ordering::SeqCst);
+            if self.state.load(Ordering::SeqCst) == w && !self.sleep(s, deadline) {
+                return Err(LockError::TimedOut);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(LockError::TimedOut);
             }
         }
@@ -396,6 +406,8 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                 return Err(LockError::TimedOut);
             }
         };
+        // SYNC: pairs with the reader's SeqCst fence between announce and look.
+        fence(Ordering::SeqCst);
         // 2. Wait for the readers to leave; clear the entries of dead readers.
         loop {
             let s = self.seq.load(Ordering::SeqCst);

@@ -1,0 +1,63 @@
+//! The registry as loom models see it: a table of "alive" flags, one per process
+//! (slot). A death clears the flag, as the kernel releases a dead process's
+//! liveness lock; a `Proc` is one process's `Context`.
+#![allow(dead_code)] // each loom test binary uses a subset
+
+use loom::sync::Arc;
+use shmkit::OwnerTag;
+use shmkit::loom::{AtomicU32, Ordering};
+use shmkit::sync::Context;
+
+/// Liveness of up to four "processes".
+pub struct Registry {
+    alive: [AtomicU32; 4],
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            alive: [
+                AtomicU32::new(1),
+                AtomicU32::new(1),
+                AtomicU32::new(1),
+                AtomicU32::new(1),
+            ],
+        })
+    }
+
+    /// The kernel's part of SIGKILL: the process's liveness lock is released.
+    pub fn die(&self, slot: u32) {
+        self.alive[slot as usize].store(0, Ordering::Release);
+    }
+}
+
+/// One process: a slot in the registry.
+pub struct Proc {
+    pub reg: Arc<Registry>,
+    pub slot: u32,
+}
+
+fn tag(slot: u32) -> OwnerTag {
+    OwnerTag::new(slot, 0x1000 * (u64::from(slot) + 1)).unwrap()
+}
+
+impl Context for Proc {
+    fn me(&self) -> OwnerTag {
+        tag(self.slot)
+    }
+
+    fn is_alive_owner(&self, t: OwnerTag) -> bool {
+        !t.is_nobody()
+            && t.slot() < 4
+            && t == tag(t.slot())
+            && self.reg.alive[t.slot() as usize].load(Ordering::Acquire) == 1
+    }
+}
+
+/// Process `slot` of `reg`.
+pub fn proc(reg: &Arc<Registry>, slot: u32) -> Proc {
+    Proc {
+        reg: reg.clone(),
+        slot,
+    }
+}
