@@ -221,14 +221,78 @@ pub fn futex_wake(word: &AtomicU32, count: u32) {
     let _ = futex::wake(&word.0, futex::Flags::empty(), count);
 }
 
-/// Loom stand-in: re-check, then yield.
+/// Loom stand-in: re-check, then yield (or, in the blocking model, sleep until
+/// woken; see [`futex_model`]).
 #[cfg(loom)]
 pub fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
-    if word.load(Ordering::Acquire) == expected {
+    if futex_model::blocking() {
+        futex_model::wait(word, expected);
+    } else if word.load(Ordering::Acquire) == expected {
         loom::thread::yield_now();
     }
 }
 
-/// Loom stand-in: waking is implicit in `futex_wait`'s yield.
+/// Loom stand-in: waking is implicit in `futex_wait`'s yield (or, in the blocking
+/// model, wakes every sleeper on the word).
 #[cfg(loom)]
-pub fn futex_wake(_word: &AtomicU32, _count: u32) {}
+pub fn futex_wake(word: &AtomicU32, _count: u32) {
+    if futex_model::blocking() {
+        futex_model::wake(word);
+    }
+}
+
+/// The blocking futex model for loom: a waiter sleeps (ignoring its timeout) until
+/// a wake on its word, so a lost wake-up becomes a deadlock that loom reports.
+/// Only for models where nobody dies: real waiters rely on their timeout slices
+/// to notice dead holders. Switched on per test binary with [`futex_model::set_blocking`].
+#[cfg(loom)]
+pub mod futex_model {
+    #![allow(clippy::disallowed_types)]
+    use std::collections::HashMap;
+
+    static BLOCKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    struct Table {
+        generations: loom::sync::Mutex<HashMap<usize, u64>>,
+        woken: loom::sync::Condvar,
+    }
+
+    loom::lazy_static! {
+        static ref TABLE: Table = Table {
+            generations: loom::sync::Mutex::new(HashMap::new()),
+            woken: loom::sync::Condvar::new(),
+        };
+    }
+
+    /// Turns the blocking model on or off for this test binary.
+    pub fn set_blocking(on: bool) {
+        BLOCKING.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn blocking() -> bool {
+        BLOCKING.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn key(word: &super::AtomicU32) -> usize {
+        word as *const super::AtomicU32 as usize
+    }
+
+    pub(crate) fn wait(word: &super::AtomicU32, expected: u32) {
+        let mut g = TABLE.generations.lock().unwrap();
+        // The table lock makes check-and-sleep atomic against `wake`, as the
+        // kernel's futex bucket lock does.
+        if word.load(super::Ordering::SeqCst) != expected {
+            return;
+        }
+        let start = g.get(&key(word)).copied().unwrap_or(0);
+        while g.get(&key(word)).copied().unwrap_or(0) == start {
+            g = TABLE.woken.wait(g).unwrap();
+        }
+    }
+
+    pub(crate) fn wake(word: &super::AtomicU32) {
+        let mut g = TABLE.generations.lock().unwrap();
+        *g.entry(key(word)).or_insert(0) += 1;
+        TABLE.woken.notify_all();
+    }
+}

@@ -276,6 +276,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         // before reading `sleepers` (pairs with the waiter's increment of
         // `sleepers` before its seq check, in `sleep`).
         self.seq.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) != 0 {
             futex::wake_all(&self.seq);
         }
@@ -284,6 +285,8 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// Sleeps one slice unless `seq` moved since `s`; false if the deadline passed.
     fn sleep(&self, s: u32, deadline: Option<Instant>) -> bool {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
+        // SYNC: pairs with the fence in `notify` (store-load pair; see semaphore).
+        fence(Ordering::SeqCst);
         let ok = futex::wait(&self.seq, s, deadline, SLICE);
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
         ok
@@ -558,6 +561,11 @@ impl<T, const R: usize> Drop for RwLockReadGuard<'_, T, R> {
     fn drop(&mut self) {
         let inc = self.entry.load(Ordering::Relaxed) >> COUNT_BITS;
         withdraw(self.entry, inc);
+        // SYNC: store-load pair with a writer's state CAS and entry loads: the
+        // fence makes sure that either the writer sees our share gone or we see
+        // the writer and wake it (loom's blocking futex model found the lost
+        // wake-up without it).
+        fence(Ordering::SeqCst);
         if self.lock.state.load(Ordering::SeqCst) != 0 {
             self.lock.notify(); // a writer may be waiting for us
         }

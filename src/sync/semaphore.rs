@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use crate::layout::{ShmSafe, ShmShared};
-use crate::loom::{AtomicU32, AtomicU64, Ordering};
+use crate::loom::{AtomicU32, AtomicU64, Ordering, fence};
 use crate::segment::OwnerTag;
 use crate::sync::{Context, LockError, Mutex, futex};
 
@@ -250,6 +250,12 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
                 Ordering::Relaxed,
             );
         }
+        // SYNC: the SeqCst fence orders our count increase before our look at
+        // `sleepers`, against the sleeper's fence between its `sleepers` increment
+        // and its look at `count` (a store-load pair: without both fences each side
+        // could miss the other and the sleeper would miss this wake; loom's blocking
+        // futex model found exactly that).
+        fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::Relaxed) != 0 {
             futex::wake_all(&self.count);
         }
@@ -314,6 +320,18 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
             Ordering::Relaxed,
         );
         Ok(true)
+    }
+
+    /// Loom model support: what a process killed half-way through a ledgered
+    /// acquire leaves behind (a permit taken from `count`, the ledger not updated,
+    /// the internal lock still held by the dead process).
+    #[cfg(loom)]
+    #[doc(hidden)]
+    pub fn die_half_way_through_acquire(&self, cx: &impl Context) {
+        if let Ok(g) = self.locked(cx) {
+            let _ = self.take();
+            std::mem::forget(g);
+        }
     }
 
     /// Under the ledger lock: returns the permits of dead holders.
@@ -382,6 +400,8 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
                 return Err(SemaphoreError::WouldBlock);
             }
             self.sleepers.fetch_add(1, Ordering::Relaxed);
+            // SYNC: pairs with the fence in `release` (see there).
+            fence(Ordering::SeqCst);
             let more = self.count.load(Ordering::Acquire) != 0
                 || futex::wait(&self.count, 0, deadline, SLICE);
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
