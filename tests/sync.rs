@@ -481,7 +481,7 @@ fn clones(seg: &Segment, n: usize) -> Vec<Segment> {
 
 /// Locks, accepting `OwnerDied` (for data that needs no repair: a test where a
 /// killed process may have held the mutex at the moment it died).
-fn lock_repairing<'a, T>(m: &'a Mutex<T>, cx: &Segment) -> MutexGuard<'a, T> {
+fn lock_repairing<'a, T>(m: &'a Mutex<T>, cx: &'a Segment) -> MutexGuard<'a, T> {
     match m.lock(cx) {
         Ok(g) => g,
         Err(LockError::OwnerDied(mut g)) => {
@@ -1228,7 +1228,6 @@ fn a_ledger_operation_cut_short_by_a_crash_is_repaired_from_the_ledger() {
 /// the check `held (0) >= n` passes and the dead holder's permits are overwritten,
 /// neither in the count nor on record, lost for good.
 #[test]
-#[ignore = "known bug: Semaphore::release(0) in a dead holder's slot loses its permits; un-ignore with the fix"]
 fn a_release_of_nothing_by_a_dead_holders_heir_loses_no_permit() {
     let seg = SegmentOptions::heap()
         .max_size(1 << 20)

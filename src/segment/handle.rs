@@ -54,6 +54,9 @@ pub struct Segment {
     pub(super) pid: u32,
     pub(super) created: bool,
     pub(super) persist: bool,
+    /// Set by `simulate_crash_now`: the handle behaves as a dead process's (test
+    /// support); process-local.
+    pub(super) crashed: crate::loom::AtomicU32,
 }
 
 impl Segment {
@@ -77,6 +80,7 @@ impl Segment {
             pid: proc::self_pid(),
             created: false,
             persist: false,
+            crashed: crate::loom::AtomicU32::new(0),
         };
         seg.claim_slot()?;
         seg.created = created;
@@ -864,18 +868,26 @@ impl Segment {
     /// locks are released (as the kernel would), but the registry slot is not
     /// cleared and nothing is removed.
     #[doc(hidden)]
-    pub fn simulate_crash(mut self) {
-        self.store.release_like_exit();
-        self.slot = u32::MAX;
-        self.created = false;
+    pub fn simulate_crash(self) {
+        self.simulate_crash_now();
+    }
+
+    /// Test support: from now on this handle is a dead process's: its liveness
+    /// locks are released (as the kernel would), and dropping it later clears
+    /// nothing. Guards taken through it must be forgotten, not dropped (a dead
+    /// process unlocks nothing). Usable while such guards still borrow it.
+    #[doc(hidden)]
+    pub fn simulate_crash_now(&self) {
+        self.crashed.store(1, Ordering::Relaxed);
+        self.store.release_like_exit(self.slot);
     }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.pid != proc::self_pid() {
-            // An inherited copy in a forked child that never called after_fork:
-            // touch nothing shared.
+        if self.pid != proc::self_pid() || self.crashed.load(Ordering::Relaxed) != 0 {
+            // An inherited copy in a forked child that never called after_fork, or
+            // a handle playing a dead process: touch nothing shared.
             return;
         }
         self.release_slot();

@@ -89,9 +89,16 @@ impl Store {
 
     /// Releases this handle's locks without detaching anything: what the kernel does
     /// when a process dies (test support for heap-backed segments).
-    pub(crate) fn release_like_exit(&self) {
-        if let Store::Heap { locks, token } = self {
-            locks.release_all(*token);
+    pub(crate) fn release_like_exit(&self, slot: u32) {
+        match self {
+            Store::Heap { locks, token } => locks.release_all(*token),
+            Store::Fd(_) | Store::SysV { .. } => {
+                if slot != u32::MAX {
+                    self.locks()
+                        .unlock(crate::segment::registry::lock_index(slot));
+                }
+                self.locks().unlock(0);
+            }
         }
     }
 }
@@ -100,6 +107,8 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Descriptors close themselves (releasing their OFD locks); a heap store
         // gives its locks back the same way.
-        self.release_like_exit();
+        if let Store::Heap { locks, token } = self {
+            locks.release_all(*token);
+        }
     }
 }

@@ -125,7 +125,7 @@ impl Condvar {
     pub fn wait<'a, T>(
         &self,
         guard: MutexGuard<'a, T>,
-        cx: &impl Context,
+        cx: &'a impl Context,
     ) -> LockResult<MutexGuard<'a, T>> {
         self.wait_deadline(guard, cx, None)
             .map(|(g, _)| g)
@@ -144,7 +144,7 @@ impl Condvar {
     pub fn wait_while<'a, T>(
         &self,
         mut guard: MutexGuard<'a, T>,
-        cx: &impl Context,
+        cx: &'a impl Context,
         mut condition: impl FnMut(&mut T) -> bool,
     ) -> LockResult<MutexGuard<'a, T>> {
         while condition(&mut guard) {
@@ -178,7 +178,7 @@ impl Condvar {
     pub fn wait_for<'a, T>(
         &self,
         guard: MutexGuard<'a, T>,
-        cx: &impl Context,
+        cx: &'a impl Context,
         timeout: Duration,
     ) -> LockResult<(MutexGuard<'a, T>, WaitTimeoutResult)> {
         self.wait_deadline(guard, cx, Instant::now().checked_add(timeout))
@@ -196,7 +196,7 @@ impl Condvar {
     pub fn wait_until<'a, T>(
         &self,
         guard: MutexGuard<'a, T>,
-        cx: &impl Context,
+        cx: &'a impl Context,
         deadline: Instant,
     ) -> LockResult<(MutexGuard<'a, T>, WaitTimeoutResult)> {
         self.wait_deadline(guard, cx, Some(deadline))
@@ -205,7 +205,7 @@ impl Condvar {
     fn wait_deadline<'a, T>(
         &self,
         guard: MutexGuard<'a, T>,
-        cx: &impl Context,
+        cx: &'a impl Context,
         deadline: Option<Instant>,
     ) -> LockResult<(MutexGuard<'a, T>, WaitTimeoutResult)> {
         let mutex: &'a Mutex<T> = guard.mutex();
@@ -213,8 +213,14 @@ impl Condvar {
         // unlocking, so a notify after our unlock changes the value we sleep on.
         let s = self.seq.load(Ordering::Acquire);
         drop(guard);
-        let in_time = futex::wait(&self.seq, s, deadline, SLICE);
-        let timed_out = !in_time || deadline.is_some_and(|d| Instant::now() >= d);
+        // Sleep in slices until notified (the counter moved) or the deadline.
+        let mut timed_out = false;
+        while self.seq.load(Ordering::Acquire) == s {
+            if !futex::wait(&self.seq, s, deadline, SLICE) {
+                timed_out = true;
+                break;
+            }
+        }
         match mutex.lock(cx) {
             Ok(g) => Ok((g, WaitTimeoutResult(timed_out))),
             Err(LockError::OwnerDied(g)) => {

@@ -156,7 +156,7 @@ impl<T> Mutex<T> {
     ///
     /// See [`Mutex`].
     #[inline]
-    pub fn lock<'a>(&'a self, cx: &impl Context) -> LockResult<MutexGuard<'a, T>> {
+    pub fn lock<'a>(&'a self, cx: &'a impl Context) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
         // SYNC: Acquire pairs with the Release swap in MutexGuard::drop: the previous
         // holder's writes to the data happen before ours.
@@ -192,7 +192,7 @@ impl<T> Mutex<T> {
     /// assert!(m.try_lock(&peer).is_ok());
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn try_lock<'a>(&'a self, cx: &impl Context) -> LockResult<MutexGuard<'a, T>> {
+    pub fn try_lock<'a>(&'a self, cx: &'a impl Context) -> LockResult<MutexGuard<'a, T>> {
         self.lock_slow(cx, None, true)
     }
 
@@ -218,7 +218,7 @@ impl<T> Mutex<T> {
     /// ```
     pub fn lock_for<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         timeout: Duration,
     ) -> LockResult<MutexGuard<'a, T>> {
         match Instant::now().checked_add(timeout) {
@@ -238,7 +238,7 @@ impl<T> Mutex<T> {
     /// See [`lock_for`](Self::lock_for).
     pub fn lock_until<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         deadline: Instant,
     ) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
@@ -291,7 +291,7 @@ impl<T> Mutex<T> {
     #[cold]
     fn lock_slow<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         deadline: Option<Instant>,
         try_only: bool,
     ) -> LockResult<MutexGuard<'a, T>> {

@@ -95,6 +95,8 @@ unsafe impl<T: Send + Sync, const R: usize> Sync for RwLock<T, R> {}
 pub struct RwLockReadGuard<'a, T, const R: usize = 128> {
     lock: &'a RwLock<T, R>,
     entry: &'a AtomicU64,
+    /// The incarnation bits our share was announced under.
+    inc: u64,
     inconsistent: bool,
 }
 
@@ -152,7 +154,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// # Examples
     ///
     /// See [`RwLock`].
-    pub fn read<'a>(&'a self, cx: &impl Context) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
+    pub fn read<'a>(&'a self, cx: &'a impl Context) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
         self.read_deadline(cx, None, false)
     }
 
@@ -182,7 +184,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// ```
     pub fn try_read<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
     ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
         self.read_deadline(cx, None, true)
     }
@@ -202,7 +204,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// See [`write_for`](Self::write_for).
     pub fn read_for<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         timeout: Duration,
     ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
         self.read_deadline(cx, Instant::now().checked_add(timeout), false)
@@ -219,7 +221,10 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// # Examples
     ///
     /// See [`RwLock`].
-    pub fn write<'a>(&'a self, cx: &impl Context) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
+    pub fn write<'a>(
+        &'a self,
+        cx: &'a impl Context,
+    ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
         self.write_deadline(cx, None, false)
     }
 
@@ -234,7 +239,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// See [`try_read`](Self::try_read).
     pub fn try_write<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
     ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
         self.write_deadline(cx, None, true)
     }
@@ -263,7 +268,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// ```
     pub fn write_for<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         timeout: Duration,
     ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
         self.write_deadline(cx, Instant::now().checked_add(timeout), false)
@@ -294,7 +299,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
 
     fn read_deadline<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         deadline: Option<Instant>,
         try_only: bool,
     ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
@@ -332,6 +337,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                 let g = RwLockReadGuard {
                     lock: self,
                     entry,
+                    inc,
                     inconsistent,
                 };
                 return if inconsistent {
@@ -374,7 +380,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
 
     fn write_deadline<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
         deadline: Option<Instant>,
         try_only: bool,
     ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
@@ -559,8 +565,8 @@ impl<T, const R: usize> DerefMut for RwLockWriteGuard<'_, T, R> {
 
 impl<T, const R: usize> Drop for RwLockReadGuard<'_, T, R> {
     fn drop(&mut self) {
-        let inc = self.entry.load(Ordering::Relaxed) >> COUNT_BITS;
-        withdraw(self.entry, inc);
+        // Withdraw the share we announced (never another incarnation's).
+        withdraw(self.entry, self.inc);
         // SYNC: store-load pair with a writer's state CAS and entry loads: the
         // fence makes sure that either the writer sees our share gone or we see
         // the writer and wake it (loom's blocking futex model found the lost

@@ -234,13 +234,8 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         } else {
             let me = cx.me();
             let entry = self.entry(me)?;
-            let _g = self.locked(cx)?;
-            let w = entry.load(Ordering::Relaxed);
-            let held = if w >> COUNT_BITS == entry_inc(me) {
-                w & COUNT_MASK
-            } else {
-                0
-            };
+            let _g = self.locked(cx, None, false)?;
+            let held = self.own_held(entry, me);
             if held < u64::from(n) {
                 return Err(SemaphoreError::NotHeld);
             }
@@ -298,16 +293,16 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     }
 
     /// One attempt under the ledger lock: returns whether a permit was taken.
-    fn take_ledgered(&self, cx: &impl Context, entry: &AtomicU64) -> Result<bool, SemaphoreError> {
+    fn take_ledgered(
+        &self,
+        cx: &impl Context,
+        entry: &AtomicU64,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> Result<bool, SemaphoreError> {
         let me = cx.me();
-        let _g = self.locked(cx)?;
-        let w = entry.load(Ordering::Relaxed);
-        let mut held = w & COUNT_MASK;
-        if w >> COUNT_BITS != entry_inc(me) && held != 0 {
-            // Left by a dead previous holder of our registry slot: return them.
-            self.count.fetch_add(held as u32, Ordering::Relaxed);
-            held = 0;
-        }
+        let _g = self.locked(cx, deadline, try_only)?;
+        let held = self.own_held(entry, me);
         if !self.take() {
             self.reclaim_dead(cx);
             if !self.take() {
@@ -328,10 +323,26 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     #[cfg(loom)]
     #[doc(hidden)]
     pub fn die_half_way_through_acquire(&self, cx: &impl Context) {
-        if let Ok(g) = self.locked(cx) {
+        if let Ok(g) = self.locked(cx, None, false) {
             let _ = self.take();
             std::mem::forget(g);
         }
+    }
+
+    /// Under the ledger lock: the permits our entry records for us. An entry left
+    /// by a dead previous holder of our registry slot is ours now: its permits go
+    /// back to `count` first (whatever we are about to do with the entry).
+    fn own_held(&self, entry: &AtomicU64, me: OwnerTag) -> u64 {
+        let w = entry.load(Ordering::Relaxed);
+        if w >> COUNT_BITS == entry_inc(me) {
+            return w & COUNT_MASK;
+        }
+        let stale = w & COUNT_MASK;
+        if stale != 0 {
+            self.count.fetch_add(stale as u32, Ordering::Relaxed);
+        }
+        entry.store(entry_inc(me) << COUNT_BITS, Ordering::Relaxed);
+        0
     }
 
     /// Under the ledger lock: returns the permits of dead holders.
@@ -352,12 +363,28 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     }
 
     /// The ledger lock, repaired if its holder died mid-operation: `count` is
-    /// rebuilt from the invariant `count + Σ ledger = total`.
+    /// rebuilt from the invariant `count + Σ ledger = total`. Honours the caller's
+    /// deadline (a live holder that is stopped must not make a timed call wait
+    /// longer than asked).
     fn locked<'a>(
         &'a self,
-        cx: &impl Context,
+        cx: &'a impl Context,
+        deadline: Option<Instant>,
+        try_only: bool,
     ) -> Result<crate::sync::MutexGuard<'a, ()>, SemaphoreError> {
-        match self.lock.lock(cx) {
+        // `try_acquire` may wait a moment for the internal lock (held by a live
+        // peer for a few instructions), not for a permit.
+        let r = if try_only {
+            match self.lock.lock_for(cx, Duration::from_millis(1)) {
+                Err(LockError::TimedOut) => Err(LockError::WouldBlock),
+                r => r,
+            }
+        } else if let Some(d) = deadline {
+            self.lock.lock_until(cx, d)
+        } else {
+            self.lock.lock(cx)
+        };
+        match r {
             Ok(g) => Ok(g),
             Err(LockError::OwnerDied(mut g)) => {
                 let held: u64 = self
@@ -371,6 +398,8 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
                 g.make_consistent();
                 Ok(g)
             }
+            Err(LockError::WouldBlock) => Err(SemaphoreError::WouldBlock),
+            Err(LockError::TimedOut) => Err(SemaphoreError::TimedOut),
             // Always made consistent above and never held across a panic, so it is
             // not recoverable only if a peer corrupted it.
             Err(_) => Err(SemaphoreError::Corrupt),
@@ -391,7 +420,7 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         loop {
             let got = match entry {
                 None => self.take(),
-                Some(e) => self.take_ledgered(cx, e)?,
+                Some(e) => self.take_ledgered(cx, e, deadline, try_only)?,
             };
             if got {
                 return Ok(());
