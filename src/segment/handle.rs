@@ -685,13 +685,15 @@ impl Segment {
         let old = std::mem::replace(&mut self.store, store);
         drop(old);
         // The parent's slot is the parent's: forget it before anything can fail, so
-        // that our Drop never releases it.
+        // that our Drop never releases it. Until our own claim succeeds the handle
+        // names nobody (locks refuse it) and still fails the pid check.
         self.slot = u32::MAX;
         self.incarnation = 0;
-        self.pid = proc::self_pid();
         self.created = false;
         self.persist = true;
-        self.claim_slot()
+        self.claim_slot()?;
+        self.pid = proc::self_pid();
+        Ok(())
     }
 
     /// Refuses identity-bearing operations on a handle inherited across `fork`
@@ -869,15 +871,22 @@ impl Segment {
     /// cleared and nothing is removed.
     #[doc(hidden)]
     pub fn simulate_crash(self) {
-        self.simulate_crash_now();
+        // SAFETY: we own the handle, so no guard borrows it.
+        unsafe { self.simulate_crash_now() };
     }
 
     /// Test support: from now on this handle is a dead process's: its liveness
     /// locks are released (as the kernel would), and dropping it later clears
     /// nothing. Guards taken through it must be forgotten, not dropped (a dead
     /// process unlocks nothing). Usable while such guards still borrow it.
+    ///
+    /// # Safety
+    ///
+    /// Every guard taken through this handle must be forgotten (never dropped or
+    /// used again): another handle may now take the locks over, and a guard still
+    /// used would give two holders.
     #[doc(hidden)]
-    pub fn simulate_crash_now(&self) {
+    pub unsafe fn simulate_crash_now(&self) {
         self.crashed.store(1, Ordering::Relaxed);
         self.store.release_like_exit(self.slot);
     }

@@ -221,24 +221,20 @@ impl Condvar {
                 break;
             }
         }
-        match mutex.lock(cx) {
-            Ok(g) => Ok((g, WaitTimeoutResult(timed_out))),
-            Err(LockError::OwnerDied(g)) => {
-                Err(LockError::OwnerDied((g, WaitTimeoutResult(timed_out))))
-            }
-            Err(LockError::NotRecoverable) => Err(LockError::NotRecoverable),
-            Err(LockError::WouldBlock) => Err(LockError::WouldBlock),
-            Err(LockError::TimedOut) => Err(LockError::TimedOut),
-        }
+        // A timed wait relocks within its deadline too (behind a live holder it
+        // returns TimedOut without the guard rather than overrun).
+        let relocked = match deadline {
+            Some(d) => mutex.lock_until(cx, d),
+            None => mutex.lock(cx),
+        };
+        let flag = WaitTimeoutResult(timed_out);
+        relocked
+            .map(|g| (g, flag))
+            .map_err(|e| e.map(|g| (g, flag)))
     }
 }
 
 /// Drops the timeout flag from an error's guard.
 fn strip<G>(e: LockError<(G, WaitTimeoutResult)>) -> LockError<G> {
-    match e {
-        LockError::OwnerDied((g, _)) => LockError::OwnerDied(g),
-        LockError::NotRecoverable => LockError::NotRecoverable,
-        LockError::WouldBlock => LockError::WouldBlock,
-        LockError::TimedOut => LockError::TimedOut,
-    }
+    e.map(|(g, _)| g)
 }

@@ -8,6 +8,18 @@ use crate::segment::{OwnerTag, Segment};
 /// identity and its registry answers liveness. Loom models implement it with
 /// threads that "die".
 ///
+/// # Safety
+///
+/// The locks' mutual exclusion rests on the answers, so an implementation must
+/// guarantee:
+/// 1. `me()` is unique among live contexts (or names nobody, which the locks
+///    refuse), and stable for the context's life;
+/// 2. `is_alive_owner(t)` returns false only for an owner that can never act
+///    again (dead, or detached for good);
+/// 3. a false verdict happens-after every write that owner made (the registry's
+///    liveness lock, released by the kernel at exit and probed by us, gives this;
+///    a model must give it with Release/Acquire).
+///
 /// # Examples
 ///
 /// ```
@@ -16,14 +28,21 @@ use crate::segment::{OwnerTag, Segment};
 /// assert!(seg.is_alive_owner(seg.me()));
 /// # Ok::<(), shmkit::Error>(())
 /// ```
-pub trait Context {
+#[allow(unsafe_code)] // declaring the contract
+pub unsafe trait Context {
     /// The caller's owner tag.
     fn me(&self) -> OwnerTag;
     /// Whether the holder `tag` names is alive (false for a tag naming nobody).
     fn is_alive_owner(&self, tag: OwnerTag) -> bool;
 }
 
-impl Context for Segment {
+#[allow(unsafe_code)] // the registry keeps the contract
+// SAFETY: (1) the owner tag is (registry slot, incarnation), unique while attached;
+// (2) `is_owner_alive` says dead only when the slot no longer holds that
+// incarnation, the kernel released its liveness lock (the process exited), or
+// /proc proves it gone; (3) the kernel releases the lock after the process's last
+// write, and our probe (a syscall) observes that release.
+unsafe impl Context for Segment {
     #[inline]
     fn me(&self) -> OwnerTag {
         self.owner_tag()

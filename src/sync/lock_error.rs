@@ -23,9 +23,34 @@ pub enum LockError<G> {
     WouldBlock,
     /// A timed call reached its deadline.
     TimedOut,
+    /// The caller's handle holds no registry slot (a forked child that has not
+    /// called `after_fork`, or whose `after_fork` failed).
+    NotAttached,
+    /// An `RwLock` has no reader entry for the caller's registry slot (it was
+    /// sized for fewer slots than the segment's registry).
+    NoReaderEntry {
+        /// The caller's slot.
+        slot: u32,
+        /// Reader entries in the lock.
+        entries: usize,
+    },
 }
 
 impl<G> LockError<G> {
+    /// The same error, with the guard of `OwnerDied` mapped through `f`.
+    pub fn map<H>(self, f: impl FnOnce(G) -> H) -> LockError<H> {
+        match self {
+            LockError::OwnerDied(g) => LockError::OwnerDied(f(g)),
+            LockError::NotRecoverable => LockError::NotRecoverable,
+            LockError::WouldBlock => LockError::WouldBlock,
+            LockError::TimedOut => LockError::TimedOut,
+            LockError::NotAttached => LockError::NotAttached,
+            LockError::NoReaderEntry { slot, entries } => {
+                LockError::NoReaderEntry { slot, entries }
+            }
+        }
+    }
+
     /// The guard of an `OwnerDied` error, if that is what this is.
     pub fn into_owner_died(self) -> Option<G> {
         match self {
@@ -42,20 +67,31 @@ impl<G> fmt::Debug for LockError<G> {
             LockError::NotRecoverable => "NotRecoverable",
             LockError::WouldBlock => "WouldBlock",
             LockError::TimedOut => "TimedOut",
+            LockError::NotAttached => "NotAttached",
+            LockError::NoReaderEntry { .. } => "NoReaderEntry",
         })
     }
 }
 
 impl<G> fmt::Display for LockError<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LockError::OwnerDied(_) => {
-                "the previous holder died holding the lock: repair the data, then make_consistent"
+        match self {
+            LockError::OwnerDied(_) => f.write_str(
+                "the previous holder died holding the lock: repair the data, then make_consistent",
+            ),
+            LockError::NotRecoverable => {
+                f.write_str("the lock is not recoverable: a holder gave up on repair")
             }
-            LockError::NotRecoverable => "the lock is not recoverable: a holder gave up on repair",
-            LockError::WouldBlock => "the lock is held by a live process",
-            LockError::TimedOut => "timed out waiting for the lock",
-        })
+            LockError::WouldBlock => f.write_str("the lock is held by a live process"),
+            LockError::TimedOut => f.write_str("timed out waiting for the lock"),
+            LockError::NotAttached => {
+                f.write_str("the handle holds no registry slot (call after_fork in a forked child)")
+            }
+            LockError::NoReaderEntry { slot, entries } => write!(
+                f,
+                "the RwLock has {entries} reader entries but the caller holds registry slot {slot}"
+            ),
+        }
     }
 }
 

@@ -118,6 +118,8 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
     inconsistent: bool,
+    /// Makes the guard `Sync` only for `T: Sync` (as std's), `Send` for `T: Send`.
+    _data: std::marker::PhantomData<&'a mut T>,
 }
 
 impl<T> Mutex<T> {
@@ -158,6 +160,9 @@ impl<T> Mutex<T> {
     #[inline]
     pub fn lock<'a>(&'a self, cx: &'a impl Context) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
+        if OwnerTag::from_word(me).is_nobody() {
+            return Err(LockError::NotAttached);
+        }
         // SYNC: Acquire pairs with the Release swap in MutexGuard::drop: the previous
         // holder's writes to the data happen before ours.
         if self
@@ -242,6 +247,9 @@ impl<T> Mutex<T> {
         deadline: Instant,
     ) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
+        if OwnerTag::from_word(me).is_nobody() {
+            return Err(LockError::NotAttached);
+        }
         // SYNC: as in `lock`.
         if self
             .word
@@ -283,6 +291,7 @@ impl<T> Mutex<T> {
         MutexGuard {
             mutex: self,
             inconsistent,
+            _data: std::marker::PhantomData,
         }
     }
 
@@ -296,6 +305,9 @@ impl<T> Mutex<T> {
         try_only: bool,
     ) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
+        if OwnerTag::from_word(me).is_nobody() {
+            return Err(LockError::NotAttached);
+        }
         let mut spins = 0;
         // After sleeping, keep WAITERS when acquiring: others may sleep too.
         let mut keep_waiters = 0;
@@ -343,11 +355,13 @@ impl<T> Mutex<T> {
             // of `seq` by an unlock that saw WAITERS is either seen here or makes the
             // futex wait return at once.
             let s = self.seq.load(Ordering::Acquire);
-            if w & WAITERS == 0
-                && self
-                    .word
-                    .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
+            // Always validate `w` after reading `seq` (also when WAITERS is already
+            // set): an unlock between our load of `w` and of `seq` must not leave us
+            // asleep on a free lock.
+            if self
+                .word
+                .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
             {
                 continue;
             }

@@ -126,18 +126,16 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     }
 
     /// The caller's reader entry.
-    ///
-    /// # Panics
-    ///
-    /// If the caller's registry slot is not below `READERS` (a lock sized for fewer
-    /// slots than the segment's registry: a configuration bug).
-    fn entry(&self, me: OwnerTag) -> &AtomicU64 {
-        self.readers.get(me.slot() as usize).unwrap_or_else(|| {
-            panic!(
-                "RwLock has {READERS} reader slots but the caller holds registry slot {}",
-                me.slot()
-            )
-        })
+    fn entry<G>(&self, me: OwnerTag) -> Result<&AtomicU64, LockError<G>> {
+        if me.is_nobody() {
+            return Err(LockError::NotAttached);
+        }
+        self.readers
+            .get(me.slot() as usize)
+            .ok_or(LockError::NoReaderEntry {
+                slot: me.slot(),
+                entries: READERS,
+            })
     }
 
     /// Acquires a read lock, waiting as long as it takes.
@@ -147,9 +145,8 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// [`LockError::OwnerDied`] (holding a read lock) if a writer died mid-update
     /// and nobody has repaired the data yet; [`LockError::NotRecoverable`].
     ///
-    /// # Panics
-    ///
-    /// If the caller's registry slot is `READERS` or more.
+    /// [`LockError::NoReaderEntry`] if the caller's registry slot is `READERS` or
+    /// more; [`LockError::NotAttached`].
     ///
     /// # Examples
     ///
@@ -163,10 +160,6 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// # Errors
     ///
     /// [`LockError::WouldBlock`]; as [`read`](Self::read).
-    ///
-    /// # Panics
-    ///
-    /// As [`read`](Self::read).
     ///
     /// # Examples
     ///
@@ -195,10 +188,6 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     ///
     /// [`LockError::TimedOut`]; as [`read`](Self::read).
     ///
-    /// # Panics
-    ///
-    /// As [`read`](Self::read).
-    ///
     /// # Examples
     ///
     /// See [`write_for`](Self::write_for).
@@ -208,6 +197,23 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         timeout: Duration,
     ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
         self.read_deadline(cx, Instant::now().checked_add(timeout), false)
+    }
+
+    /// Acquires a read lock, waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::TimedOut`]; as [`read`](Self::read).
+    ///
+    /// # Examples
+    ///
+    /// See [`write_for`](Self::write_for).
+    pub fn read_until<'a>(
+        &'a self,
+        cx: &'a impl Context,
+        deadline: Instant,
+    ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
+        self.read_deadline(cx, Some(deadline), false)
     }
 
     /// Acquires the write lock, waiting as long as it takes.
@@ -274,6 +280,23 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         self.write_deadline(cx, Instant::now().checked_add(timeout), false)
     }
 
+    /// Acquires the write lock, waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::TimedOut`]; as [`write`](Self::write).
+    ///
+    /// # Examples
+    ///
+    /// See [`write_for`](Self::write_for).
+    pub fn write_until<'a>(
+        &'a self,
+        cx: &'a impl Context,
+        deadline: Instant,
+    ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
+        self.write_deadline(cx, Some(deadline), false)
+    }
+
     /// Bumps `seq` and wakes sleepers, after a change that may unblock someone.
     #[inline]
     fn notify(&self) {
@@ -304,7 +327,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         try_only: bool,
     ) -> LockResult<RwLockReadGuard<'a, T, READERS>> {
         let me = cx.me();
-        let entry = self.entry(me);
+        let entry = self.entry(me)?;
         let inc = entry_inc(me);
         loop {
             // Announce: our share, replacing a dead predecessor's entry in our slot.
@@ -355,12 +378,13 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             let writer = OwnerTag::from_word(w);
             if writer != me && !cx.is_alive_owner(writer) {
                 // The writer died: free but suspect. A writer will repair.
-                let _ = self.state.compare_exchange(
-                    w,
-                    INCONSISTENT,
-                    Ordering::SeqCst,
-                    Ordering::Relaxed,
-                );
+                if self
+                    .state
+                    .compare_exchange(w, INCONSISTENT, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.notify(); // other readers and writers may proceed now
+                }
                 continue;
             }
             if try_only {
@@ -385,6 +409,9 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         try_only: bool,
     ) -> LockResult<RwLockWriteGuard<'a, T, READERS>> {
         let me = cx.me();
+        if me.is_nobody() {
+            return Err(LockError::NotAttached);
+        }
         // 1. Put our tag in `state`.
         let inconsistent = loop {
             let s = self.seq.load(Ordering::SeqCst);
@@ -572,7 +599,7 @@ impl<T, const R: usize> Drop for RwLockReadGuard<'_, T, R> {
         // the writer and wake it (loom's blocking futex model found the lost
         // wake-up without it).
         fence(Ordering::SeqCst);
-        if self.lock.state.load(Ordering::SeqCst) != 0 {
+        if !OwnerTag::from_word(self.lock.state.load(Ordering::SeqCst)).is_nobody() {
             self.lock.notify(); // a writer may be waiting for us
         }
     }

@@ -59,6 +59,10 @@ pub enum SemaphoreError {
     /// `release` would overflow the permit count.
     #[error("too many permits")]
     Overflow,
+    /// The caller's handle holds no registry slot (ledger only; a forked child
+    /// that has not called `after_fork`).
+    #[error("the handle holds no registry slot (call after_fork in a forked child)")]
+    NotAttached,
     /// The ledger lock is not recoverable: a peer corrupted it (shmkit itself always
     /// repairs it).
     #[error("the semaphore's ledger lock was corrupted")]
@@ -245,15 +249,12 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
                 Ordering::Relaxed,
             );
         }
-        // SYNC: the SeqCst fence orders our count increase before our look at
-        // `sleepers`, against the sleeper's fence between its `sleepers` increment
-        // and its look at `count` (a store-load pair: without both fences each side
-        // could miss the other and the sleeper would miss this wake; loom's blocking
-        // futex model found exactly that).
-        fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) != 0 {
-            futex::wake_all(&self.count);
-        }
+        // SYNC: the SeqCst fence in `wake_sleepers` orders our count increase
+        // before our look at `sleepers`, against the sleeper's fence between its
+        // `sleepers` increment and its look at `count` (a store-load pair: without
+        // both fences each side could miss the other and the sleeper would miss
+        // this wake; loom's blocking futex model found exactly that).
+        self.wake_sleepers();
         Ok(())
     }
 
@@ -284,6 +285,9 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     }
 
     fn entry(&self, me: OwnerTag) -> Result<&AtomicU64, SemaphoreError> {
+        if me.is_nobody() {
+            return Err(SemaphoreError::NotAttached);
+        }
         self.ledger
             .get(me.slot() as usize)
             .ok_or(SemaphoreError::SlotOutsideLedger {
@@ -301,20 +305,44 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         try_only: bool,
     ) -> Result<bool, SemaphoreError> {
         let me = cx.me();
-        let _g = self.locked(cx, deadline, try_only)?;
+        let g = self.locked(cx, deadline, try_only)?;
         let held = self.own_held(entry, me);
+        if held >= COUNT_MASK {
+            return Err(SemaphoreError::Overflow); // the entry cannot count one more
+        }
+        let got = self.take_counted(cx, entry, me, held);
+        drop(g);
+        // Repairs, reclaims and a dead predecessor's permits may have raised the
+        // count: let sleepers see it now rather than after their slice.
+        if self.count.load(Ordering::Relaxed) != 0 {
+            self.wake_sleepers();
+        }
+        Ok(got)
+    }
+
+    /// Under the ledger lock: takes a permit (reclaiming dead holders' if none is
+    /// free) and records it in our entry.
+    fn take_counted(&self, cx: &impl Context, entry: &AtomicU64, me: OwnerTag, held: u64) -> bool {
         if !self.take() {
             self.reclaim_dead(cx);
             if !self.take() {
                 entry.store((entry_inc(me) << COUNT_BITS) | held, Ordering::Relaxed);
-                return Ok(false);
+                return false;
             }
         }
         entry.store(
             (entry_inc(me) << COUNT_BITS) | (held + 1),
             Ordering::Relaxed,
         );
-        Ok(true)
+        true
+    }
+
+    /// Wakes sleepers if any may be asleep (see the fence pairing in `release`).
+    fn wake_sleepers(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
+            futex::wake_all(&self.count);
+        }
     }
 
     /// Loom model support: what a process killed half-way through a ledgered

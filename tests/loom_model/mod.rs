@@ -41,7 +41,9 @@ fn tag(slot: u32) -> OwnerTag {
     OwnerTag::new(slot, 0x1000 * (u64::from(slot) + 1)).unwrap()
 }
 
-impl Context for Proc {
+// SAFETY: tags are unique per slot; `die` is a Release store that the Acquire load
+// in `is_alive_owner` observes, after every write of the dying thread.
+unsafe impl Context for Proc {
     fn me(&self) -> OwnerTag {
         tag(self.slot)
     }
