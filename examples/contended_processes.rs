@@ -71,7 +71,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = seg.user_offset();
     // SAFETY: nothing else uses these offsets yet; the child is forked later.
     let ours = unsafe { seg.place(Offset::<Mutex<u64>>::new(base), Mutex::new(0))? };
-    let go = seg.resolve(Offset::<AtomicU32>::new(base + 64))?;
+    // SAFETY: this test views each offset as one type only.
+    let go = unsafe { seg.resolve(Offset::<AtomicU32>::new(base + 64)) }?;
     let pm = seg
         .resolve_ptr(Offset::<[u64; 8]>::new(base + 128))?
         .as_ptr()

@@ -39,7 +39,8 @@ fn mutex_at(seg: &Segment) -> Offset<Mutex<u64>> {
 /// closes, when the parent is gone).
 fn child(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let seg = SegmentOptions::posix(name).open()?;
-    let m = seg.resolve(mutex_at(&seg))?;
+    // SAFETY: this test views each offset as one type only.
+    let m = unsafe { seg.resolve(mutex_at(&seg)) }?;
     let _held = match m.lock(&seg) {
         Ok(g) => g,
         Err(LockError::OwnerDied(mut g)) => {

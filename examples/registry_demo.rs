@@ -23,10 +23,12 @@ const ADDS_PER_WORKER: u64 = 1_000_000;
 
 /// Shared words at the start of the user region.
 fn counter(seg: &Segment) -> shmkit::Result<&AtomicU64> {
-    seg.resolve(Offset::new(seg.user_offset()))
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::new(seg.user_offset())) }
 }
 fn done(seg: &Segment) -> shmkit::Result<&AtomicU64> {
-    seg.resolve(Offset::new(seg.user_offset() + 8))
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::new(seg.user_offset() + 8)) }
 }
 
 fn worker(name: &str, forever: bool) -> shmkit::Result<()> {

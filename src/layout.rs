@@ -41,15 +41,18 @@ use crate::loom::{AtomicU32, AtomicU64};
 pub unsafe trait ShmSafe: Sized + 'static {}
 
 /// [`ShmSafe`] types that may be *shared by reference* while other processes write
-/// them: every byte lies inside an atomic. [`Segment::resolve`](crate::Segment::resolve)
+/// them: every byte lies inside an atomic, or inside an `UnsafeCell` that the type
+/// reaches only under its own robust lock (as [`sync::Mutex`](crate::sync::Mutex)
+/// does). [`Segment::resolve`](crate::Segment::resolve)
 /// hands out `&T` only for these; plain data is copied in and out with
 /// [`Segment::read`](crate::Segment::read) and [`Segment::write`](crate::Segment::write).
 ///
 /// # Safety
 ///
-/// Implement only for `ShmSafe` types in which every byte belongs to an atomic (or
-/// to another `ShmShared` type), so that concurrent writes by peers are never data
-/// races on memory a `&T` covers.
+/// Implement only for `ShmSafe` types in which every byte belongs to an atomic, to
+/// another `ShmShared` type, or to an `UnsafeCell` the type accesses only while
+/// holding its own lock, so that concurrent writes by peers are never data races
+/// on memory a `&T` covers.
 ///
 /// # Examples
 ///

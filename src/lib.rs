@@ -28,11 +28,13 @@
 //! let name = shmkit::unique_name("example-")?;
 //! let seg = SegmentOptions::posix(&name).max_size(1 << 20).committed(64 << 10).create()?;
 //! let counter = Offset::<AtomicU64>::new(seg.user_offset());
-//! seg.resolve(counter)?.fetch_add(1, Ordering::Relaxed);
+//! // SAFETY: this program views the counter's offset as an AtomicU64 only.
+//! unsafe { seg.resolve(counter)? }.fetch_add(1, Ordering::Relaxed);
 //!
 //! // Another process would do exactly this, by name:
 //! let peer = SegmentOptions::posix(&name).open()?;
-//! assert_eq!(peer.resolve(counter)?.load(Ordering::Relaxed), 1);
+//! // SAFETY: as above.
+//! assert_eq!(unsafe { peer.resolve(counter)? }.load(Ordering::Relaxed), 1);
 //! assert!(peer.is_alive(seg.slot())?);
 //! # Ok::<(), shmkit::Error>(())
 //! ```

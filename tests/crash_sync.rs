@@ -190,7 +190,8 @@ fn mutex_at(seg: &Segment, i: usize) -> Offset<Mutex<Pair>> {
 
 fn mutexes(seg: &Segment) -> Vec<&Mutex<Pair>> {
     (0..MUTEXES)
-        .map(|i| seg.resolve(mutex_at(seg, i)).expect("resolve a mutex"))
+        // SAFETY: this test views each offset as one type only.
+        .map(|i| unsafe { seg.resolve(mutex_at(seg, i)) }.expect("resolve a mutex"))
         .collect()
 }
 
@@ -200,7 +201,8 @@ fn rwlock_at(seg: &Segment, i: usize) -> Offset<Rw> {
 
 fn rwlocks(seg: &Segment) -> Vec<&Rw> {
     (0..RWLOCKS)
-        .map(|i| seg.resolve(rwlock_at(seg, i)).expect("resolve an RwLock"))
+        // SAFETY: this test views each offset as one type only.
+        .map(|i| unsafe { seg.resolve(rwlock_at(seg, i)) }.expect("resolve an RwLock"))
         .collect()
 }
 
@@ -296,11 +298,12 @@ fn worker_main(work: fn(&Segment, u64)) {
 /// word.
 fn worker_parts(seg: &Segment) -> (&Stats, &AtomicU64, &AtomicU64) {
     let slot = seg.slot() as usize;
-    let stats = seg.resolve(stats_at(seg)).expect("resolve the counters");
-    let beat = &seg.resolve(beats_at(seg)).expect("resolve the heartbeats")[slot];
-    let doing = &seg
-        .resolve(doings_at(seg))
-        .expect("resolve the doing words")[slot];
+    // SAFETY: this test views each offset as one type only.
+    let stats = unsafe { seg.resolve(stats_at(seg)) }.expect("resolve the counters");
+    // SAFETY: this test views each offset as one type only.
+    let beat = &unsafe { seg.resolve(beats_at(seg)) }.expect("resolve the heartbeats")[slot];
+    // SAFETY: this test views each offset as one type only.
+    let doing = &unsafe { seg.resolve(doings_at(seg)) }.expect("resolve the doing words")[slot];
     (stats, beat, doing)
 }
 
@@ -486,9 +489,8 @@ fn rwlock_work(seg: &Segment, thread: u64) {
 /// Permits taken and given back at random, until killed.
 fn semaphore_work(seg: &Segment, thread: u64) {
     let (stats, beat, doing) = worker_parts(seg);
-    let sem = seg
-        .resolve(semaphore_at(seg))
-        .expect("resolve the semaphore");
+    // SAFETY: this test views each offset as one type only.
+    let sem = unsafe { seg.resolve(semaphore_at(seg)) }.expect("resolve the semaphore");
     let bit = 1u64 << seg.slot();
     let mut rng = Rng::seeded(thread + 1);
     loop {
@@ -844,7 +846,8 @@ impl CrashRun {
     }
 
     fn stats(&self) -> &Stats {
-        self.seg.resolve(stats_at(&self.seg)).unwrap()
+        // SAFETY: this test views each offset as one type only.
+        unsafe { self.seg.resolve(stats_at(&self.seg)) }.unwrap()
     }
 
     /// Runs the rounds: each kills a random worker as `death` says, starts a
@@ -855,8 +858,10 @@ impl CrashRun {
     fn run(&self, tally: &mut Tally, mut death: Death<'_>, mut verify: impl FnMut(&str) -> u64) {
         let seg = &self.seg;
         let stats = self.stats();
-        let beats = seg.resolve(beats_at(seg)).unwrap();
-        let doings = seg.resolve(doings_at(seg)).unwrap();
+        // SAFETY: this test views each offset as one type only.
+        let beats = unsafe { seg.resolve(beats_at(seg)) }.unwrap();
+        // SAFETY: this test views each offset as one type only.
+        let doings = unsafe { seg.resolve(doings_at(seg)) }.unwrap();
         let died = |slots: Vec<usize>, tally: &mut Tally| {
             for slot in slots {
                 let d = doings[slot].load(Ordering::Relaxed) as usize;
@@ -1181,7 +1186,8 @@ fn killed_semaphore_holders_give_their_permits_back() {
         unsafe { seg.place(semaphore_at(seg), Sem::with_ledger(PERMITS)) }.unwrap();
     });
     let (seg, stats) = (&run.seg, run.stats());
-    let sem = seg.resolve(semaphore_at(seg)).unwrap();
+    // SAFETY: this test views each offset as one type only.
+    let sem = unsafe { seg.resolve(semaphore_at(seg)) }.unwrap();
     let mut tally = Tally::default();
     // Permits the ledger records for the victims' threads when they are killed, and
     // how many of those threads held one.

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use shmkit::{Error, Offset, Segment, SegmentKind, SegmentOptions, SlotState};
 
 fn counter(seg: &Segment) -> &AtomicU64 {
-    seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))
-        .unwrap()
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset())) }.unwrap()
 }
 
 fn small(opts: SegmentOptions) -> SegmentOptions {
@@ -66,7 +66,8 @@ fn a_full_registry_is_registry_full_until_a_slot_is_reclaimed() {
 fn offsets_that_do_not_resolve_are_refused() {
     let seg = small(SegmentOptions::heap()).create().unwrap();
     let end = seg.committed();
-    let bad = |off: u64| match seg.read(Offset::<u64>::new(off)) {
+    // SAFETY: this test views each offset as one type only.
+    let bad = |off: u64| match unsafe { seg.read(Offset::<u64>::new(off)) } {
         Err(Error::BadOffset { reason, .. }) => reason,
         other => panic!("{off:#x}: {other:?}"),
     };
@@ -78,15 +79,21 @@ fn offsets_that_do_not_resolve_are_refused() {
     // The header and registry are not user memory.
     assert_eq!(bad(8), "below the user region");
     assert_eq!(bad(seg.user_offset() - 8), "below the user region");
-    assert!(seg.read(Offset::<u64>::new(end - 8)).is_ok());
-    assert!(seg.resolve(Offset::<AtomicU64>::new(end - 8)).is_ok());
-    assert!(seg.resolve(Offset::<AtomicU64>::new(16)).is_err());
+    // SAFETY: this test views each offset as one type only.
+    assert!(unsafe { seg.read(Offset::<u64>::new(end - 8)) }.is_ok());
+    // SAFETY: this test views each offset as one type only.
+    assert!(unsafe { seg.resolve(Offset::<AtomicU64>::new(end - 8)) }.is_ok());
+    // SAFETY: this test views each offset as one type only.
+    assert!(unsafe { seg.resolve(Offset::<AtomicU64>::new(16)) }.is_err());
     // Past committed but inside max_size: refused until committed.
     let beyond = Offset::<u64>::new(end + 64);
-    assert!(seg.write(beyond, 1).is_err());
+    // SAFETY: this test views each offset as one type only.
+    assert!(unsafe { seg.write(beyond, 1) }.is_err());
     seg.commit(end + 4096).unwrap();
-    seg.write(beyond, 1).unwrap();
-    assert_eq!(seg.read(beyond).unwrap(), 1);
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.write(beyond, 1) }.unwrap();
+    // SAFETY: this test views each offset as one type only.
+    assert_eq!(unsafe { seg.read(beyond) }.unwrap(), 1);
 }
 
 #[test]

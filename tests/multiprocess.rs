@@ -413,8 +413,8 @@ fn slot_field<T: shmkit::ShmShared>(seg: &Segment, slot: u32, field: u64) -> &T 
 
 /// The per-child cell at the start of the user area, where grandchildren report.
 fn cell(seg: &Segment, index: u64) -> &AtomicU64 {
-    seg.resolve(Offset::<AtomicU64>::new(seg.user_offset() + 8 * index))
-        .unwrap()
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset() + 8 * index)) }.unwrap()
 }
 
 // ---------------------------------------------------------------------------------
@@ -528,7 +528,8 @@ fn child_attach(role: &str) {
                         Ok(()) => u64::from(seg.slot()) + 1,
                         Err(_) => u64::MAX,
                     };
-                    if let Ok(c) = seg.resolve(cell) {
+                    // SAFETY: this test views each offset as one type only.
+                    if let Ok(c) = unsafe { seg.resolve(cell) } {
                         c.store(report, Ordering::Release);
                     }
                 }

@@ -236,8 +236,8 @@ fn marker(off: u64, generation: u64) -> u64 {
 fn fill(seg: &Segment, from: u64, to: u64, generation: u64) {
     let mut off = from;
     while off < to {
-        let word = seg
-            .resolve(Offset::<AtomicU64>::new(off))
+        // SAFETY: this test views each offset as one type only.
+        let word = unsafe { seg.resolve(Offset::<AtomicU64>::new(off)) }
             .unwrap_or_else(|e| panic!("resolve committed page {off:#x}: {e}"));
         word.store(marker(off, generation), Ordering::Relaxed);
         off += PAGE_SIZE;
@@ -248,8 +248,8 @@ fn fill(seg: &Segment, from: u64, to: u64, generation: u64) {
 fn verify(seg: &Segment, from: u64, to: u64, generation: u64) {
     let mut off = from;
     while off < to {
-        let word = seg
-            .resolve(Offset::<AtomicU64>::new(off))
+        // SAFETY: this test views each offset as one type only.
+        let word = unsafe { seg.resolve(Offset::<AtomicU64>::new(off)) }
             .unwrap_or_else(|e| panic!("resolve committed page {off:#x}: {e}"));
         assert_eq!(
             word.load(Ordering::Relaxed),
@@ -497,9 +497,9 @@ fn memfd_peer() {
         .expect("the peer attaches");
     assert_eq!(seg.seed(), seed);
     assert_eq!(seg.max_size(), size);
-    let word = seg
-        .resolve(Offset::<AtomicU64>::new(seg.user_offset()))
-        .expect("resolve");
+    // SAFETY: this test views each offset as one type only.
+    let word =
+        unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset())) }.expect("resolve");
     assert_eq!(word.load(Ordering::Relaxed), value);
     word.store(value + 1, Ordering::Relaxed);
 }
@@ -511,7 +511,8 @@ fn sealed_segment() -> (Segment, u64) {
         .create()
         .expect("create memfd");
     let value = 0x5ea1_ed00_0000_0001;
-    seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset())) }
         .expect("resolve")
         .store(value, Ordering::Relaxed);
     (seg, value)
@@ -536,9 +537,9 @@ fn a_sealed_memfd_cannot_be_resized_by_a_peer_process() {
         rustix::fs::fstat(fd).expect("fstat").st_size as u64,
         seg.max_size()
     );
-    let word = seg
-        .resolve(Offset::<AtomicU64>::new(seg.user_offset()))
-        .expect("resolve");
+    // SAFETY: this test views each offset as one type only.
+    let word =
+        unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset())) }.expect("resolve");
     assert_eq!(word.load(Ordering::Relaxed), value + 1);
 }
 
@@ -554,9 +555,9 @@ fn a_sealed_memfd_received_over_a_socket_cannot_be_resized() {
     assert_cannot_resize(reopen(received.as_fd()).as_fd(), seg.max_size());
     let peer = SegmentOptions::memfd().open_fd(received).expect("open_fd");
     assert_eq!(peer.seed(), seg.seed());
-    let word = peer
-        .resolve(Offset::<AtomicU64>::new(peer.user_offset()))
-        .expect("resolve");
+    // SAFETY: this test views each offset as one type only.
+    let word =
+        unsafe { peer.resolve(Offset::<AtomicU64>::new(peer.user_offset())) }.expect("resolve");
     assert_eq!(word.load(Ordering::Relaxed), value);
     // The whole committed range is still readable and writable by both.
     fill(&peer, peer.user_offset(), peer.committed(), 3);

@@ -49,8 +49,8 @@ impl ChildGuard {
 }
 
 fn counter(seg: &Segment) -> &AtomicU64 {
-    seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))
-        .unwrap()
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset())) }.unwrap()
 }
 
 /// The peer side of every kind: check the parent's value, answer, watch growth.
@@ -69,7 +69,10 @@ fn peer(seg: Segment) {
     // The parent grows the segment; we see it without remapping.
     eventually("growth", || seg.committed() >= 1 << 20);
     let last = Offset::<AtomicU64>::new((1 << 20) - 8);
-    seg.resolve(last).unwrap().store(42, Ordering::Release);
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(last) }
+        .unwrap()
+        .store(42, Ordering::Release);
     println!("grown {}", seg.committed());
     counter(&seg).store(MAGIC + 2, Ordering::Release);
     eventually("parent done", || {
@@ -139,7 +142,9 @@ fn share_with_child(seg: &Segment, child: ChildGuard) {
         counter(seg).load(Ordering::Acquire) == MAGIC + 2
     });
     let last = Offset::<AtomicU64>::new((1 << 20) - 8);
-    assert_eq!(seg.resolve(last).unwrap().load(Ordering::Acquire), 42);
+    // SAFETY: this test views each offset as one type only.
+    let last = unsafe { seg.resolve(last) }.unwrap();
+    assert_eq!(last.load(Ordering::Acquire), 42);
     counter(seg).store(MAGIC + 3, Ordering::Release);
     child.finish();
     // The child detached on exit: its slot is free again.

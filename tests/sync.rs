@@ -45,8 +45,8 @@ fn mutex_at<T: ShmSafe + Send>(seg: &Segment, index: u64, value: T) -> &Mutex<T>
 /// The same mutex seen through another handle (another process would resolve the
 /// same offset).
 fn mutex_in<T: ShmSafe + Send>(seg: &Segment, index: u64) -> &Mutex<T> {
-    seg.resolve(Offset::<Mutex<T>>::new(seg.user_offset() + 64 * index))
-        .unwrap()
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(Offset::<Mutex<T>>::new(seg.user_offset() + 64 * index)) }.unwrap()
 }
 
 /// Fails the test instead of hanging.
@@ -289,7 +289,8 @@ fn corrupt_lock_words_are_taken_over_never_hung_on() {
         u64::MAX,              // everything
     ];
     for g in garbage {
-        seg.write(word, g).unwrap();
+        // SAFETY: this test views each offset as one type only.
+        unsafe { seg.write(word, g) }.unwrap();
         match m.lock_for(&seg, Duration::from_secs(5)) {
             Err(LockError::OwnerDied(mut guard)) => guard.make_consistent(),
             other => panic!("word {g:#x}: {other:?}"),
@@ -298,7 +299,8 @@ fn corrupt_lock_words_are_taken_over_never_hung_on() {
         assert!(m.try_lock(&seg).is_ok());
     }
     // The one special word: not recoverable.
-    seg.write(word, 1 << 63).unwrap();
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.write(word, 1 << 63) }.unwrap();
     assert!(matches!(m.lock(&seg), Err(LockError::NotRecoverable)));
 }
 
@@ -430,7 +432,8 @@ fn place<T: ShmShared>(seg: &Segment, index: u64, value: T) -> &T {
 /// The object at the `index`-th cell, seen through `seg` (another process resolves
 /// the same cell).
 fn at<T: ShmShared>(seg: &Segment, index: u64) -> &T {
-    seg.resolve(cell(seg, index)).unwrap()
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.resolve(cell(seg, index)) }.unwrap()
 }
 
 /// Where [`everything`] puts each object, in cells.
@@ -1201,9 +1204,10 @@ fn a_ledger_operation_cut_short_by_a_crash_is_repaired_from_the_ledger() {
     // The peer dies inside a second acquire, holding the ledger lock, after taking
     // a permit from the count and before writing it in the ledger.
     let base = seg.user_offset() + 64 * LSEM;
-    seg.write(Offset::<u32>::new(base), 1).unwrap();
-    seg.write(Offset::<u64>::new(base + 16), peer.owner_tag().bits())
-        .unwrap();
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.write(Offset::<u32>::new(base), 1) }.unwrap();
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.write(Offset::<u64>::new(base + 16), peer.owner_tag().bits()) }.unwrap();
     let dead = peer.owner_tag();
     peer.simulate_crash();
     assert_eq!(s.available(), 1);
@@ -1410,7 +1414,8 @@ fn a_waiter_that_dies_in_its_wait_does_not_stop_others_being_notified() {
 /// Waiters counted in the event at cell `index`: bits 2.. of its state word, the
 /// first field (see the layout in `sync::event`'s docs).
 fn event_sleepers(seg: &Segment, index: u64) -> u32 {
-    seg.read(cell::<u32>(seg, index)).unwrap() >> 2
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.read(cell::<u32>(seg, index)) }.unwrap() >> 2
 }
 
 #[test]
@@ -1747,7 +1752,8 @@ fn a_writer_process_killed_while_waiting_for_readers_blocks_nobody() {
 /// Sleepers counted in the semaphore at cell `index`: its second `u32` (the type
 /// is `repr(C)`: `count`, then `sleepers`).
 fn semaphore_sleepers(seg: &Segment, index: u64) -> u32 {
-    seg.read(cell::<[u32; 2]>(seg, index)).unwrap()[1]
+    // SAFETY: this test views each offset as one type only.
+    unsafe { seg.read(cell::<[u32; 2]>(seg, index)) }.unwrap()[1]
 }
 
 #[test]

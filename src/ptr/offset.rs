@@ -25,10 +25,13 @@ use crate::layout::ShmSafe;
 ///
 /// let seg = SegmentOptions::heap().max_size(1 << 20).committed(64 << 10).create()?;
 /// let off: Offset<u64> = Offset::new(seg.user_offset());
-/// seg.write(off, 7)?;
-/// assert_eq!(seg.read(off)?, 7);
-/// assert!(seg.read(Offset::<u64>::new(seg.user_offset() + 3)).is_err()); // misaligned
-/// assert!(seg.read(Offset::<u64>::new(8)).is_err()); // inside the header
+/// // SAFETY: this program views these offsets as u64 only, from one thread.
+/// unsafe {
+///     seg.write(off, 7)?;
+///     assert_eq!(seg.read(off)?, 7);
+///     assert!(seg.read(Offset::<u64>::new(seg.user_offset() + 3)).is_err()); // misaligned
+///     assert!(seg.read(Offset::<u64>::new(8)).is_err()); // inside the header
+/// }
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 #[repr(transparent)]

@@ -708,6 +708,16 @@ impl Segment {
     /// Resolves `offset` to a shared reference into the user region (past the header
     /// and registry, inside the committed size), for types made of atomics only.
     ///
+    /// # Safety
+    ///
+    /// Within this process, while the returned value is in use, the bytes of the
+    /// `T` must not be accessed through an overlapping view of another type (a
+    /// differently sized atomic, or a plain read or write through `read`/`write`):
+    /// Rust forbids such mixed accesses even though the hardware allows them.
+    /// Writes by *other processes* are not this caller's concern: they are what a
+    /// peer can always do, and `T: ShmSafe` makes every value they leave valid.
+    /// Typed objects handed out by name (the directory) will make this safe.
+    ///
     /// # Errors
     ///
     /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, below
@@ -720,11 +730,12 @@ impl Segment {
     /// use shmkit::{Offset, SegmentOptions};
     /// use std::sync::atomic::{AtomicU32, Ordering};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-    /// let word = seg.resolve(Offset::<AtomicU32>::new(seg.user_offset()))?;
+    /// // SAFETY: this program views this offset as an AtomicU32 only.
+    /// let word = unsafe { seg.resolve(Offset::<AtomicU32>::new(seg.user_offset()))? };
     /// word.store(5, Ordering::Relaxed);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn resolve<T: ShmShared>(&self, offset: Offset<T>) -> Result<&T> {
+    pub unsafe fn resolve<T: ShmShared>(&self, offset: Offset<T>) -> Result<&T> {
         let p = self.resolve_ptr(offset)?;
         // SAFETY: `resolve_ptr` proved the T lies in bounds and aligned in the user
         // region of our mapping; T: ShmShared means every byte is inside an atomic,
@@ -796,6 +807,16 @@ impl Segment {
     /// Copies a `T` out of the user region (a volatile read: a peer may be writing
     /// it, and the copy is taken once).
     ///
+    /// # Safety
+    ///
+    /// Within this process, during the copy, the bytes of the
+    /// `T` must not be accessed through an overlapping view of another type (a
+    /// differently sized atomic, or a plain read or write through `read`/`write`):
+    /// Rust forbids such mixed accesses even though the hardware allows them.
+    /// Writes by *other processes* are not this caller's concern: they are what a
+    /// peer can always do, and `T: ShmSafe` makes every value they leave valid.
+    /// Typed objects handed out by name (the directory) will make this safe.
+    ///
     /// # Errors
     ///
     /// As [`resolve`](Self::resolve).
@@ -806,11 +827,14 @@ impl Segment {
     /// use shmkit::{Offset, SegmentOptions};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
     /// let at = Offset::<[u32; 4]>::new(seg.user_offset());
-    /// seg.write(at, [1, 2, 3, 4])?;
-    /// assert_eq!(seg.read(at)?, [1, 2, 3, 4]);
+    /// // SAFETY: this program views this offset as [u32; 4] only, from one thread.
+    /// unsafe {
+    ///     seg.write(at, [1, 2, 3, 4])?;
+    ///     assert_eq!(seg.read(at)?, [1, 2, 3, 4]);
+    /// }
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn read<T: ShmSafe + Copy>(&self, offset: Offset<T>) -> Result<T> {
+    pub unsafe fn read<T: ShmSafe + Copy>(&self, offset: Offset<T>) -> Result<T> {
         let p = self.resolve_ptr(offset)?;
         // SAFETY: in bounds and aligned (resolve_ptr); every bit pattern is a valid T
         // (ShmSafe). A racing peer write may tear the copy, never make it invalid.
@@ -819,6 +843,16 @@ impl Segment {
 
     /// Copies `value` into the user region (a volatile write).
     ///
+    /// # Safety
+    ///
+    /// Within this process, during the copy, the bytes of the
+    /// `T` must not be accessed through an overlapping view of another type (a
+    /// differently sized atomic, or a plain read or write through `read`/`write`):
+    /// Rust forbids such mixed accesses even though the hardware allows them.
+    /// Writes by *other processes* are not this caller's concern: they are what a
+    /// peer can always do, and `T: ShmSafe` makes every value they leave valid.
+    /// Typed objects handed out by name (the directory) will make this safe.
+    ///
     /// # Errors
     ///
     /// As [`resolve`](Self::resolve).
@@ -826,7 +860,7 @@ impl Segment {
     /// # Examples
     ///
     /// See [`read`](Self::read).
-    pub fn write<T: ShmSafe + Copy>(&self, offset: Offset<T>, value: T) -> Result<()> {
+    pub unsafe fn write<T: ShmSafe + Copy>(&self, offset: Offset<T>, value: T) -> Result<()> {
         let p = self.resolve_ptr(offset)?;
         // SAFETY: in bounds and aligned (resolve_ptr), in the user region, which no
         // reference handed out by this crate covers except through ShmShared
