@@ -92,3 +92,19 @@ fn an_event_waiter_is_always_woken() {
         assert!(!e.is_set());
     });
 }
+
+#[test]
+fn a_draining_writer_is_woken_by_the_last_reader() {
+    set_blocking(true);
+    loom::model(|| {
+        let reg = Registry::new();
+        let l = Arc::new(RwLock::<u32, 4>::new(0));
+        let p0 = proc(&reg, 0);
+        let r = l.read(&p0).unwrap();
+        let (l2, p1) = (l.clone(), proc(&reg, 1));
+        let w = thread::spawn(move || *l2.write(&p1).unwrap() += 1);
+        drop(r); // the writer, draining or not yet there, must get in
+        w.join().unwrap();
+        assert_eq!(*l.read(&p0).unwrap(), 1);
+    });
+}

@@ -10,8 +10,12 @@
 //!   bits and how many read locks that process holds. Only the slot's current
 //!   owner increments it; a writer clears the entry of a dead reader, so **a dead
 //!   reader's share is released**.
-//! - `seq`: a futex word bumped by every release that may unblock someone;
-//!   `sleepers`: a hint for whether to make the wake syscall.
+//! - `seq`: a futex word bumped by every change of `state` that may unblock
+//!   someone (a writer's release, a timed-out writer's withdrawal, a dead writer
+//!   marked); readers and writers waiting for `state` sleep on it. `sleepers`: a
+//!   hint for whether to make the wake syscall.
+//! - `drain`: a futex word bumped by readers leaving while a writer is in `state`;
+//!   only that writer sleeps on it (so blocked readers never wake each other).
 //!
 //! # Protocol
 //!
@@ -75,6 +79,8 @@ pub struct RwLock<T, const READERS: usize = 128> {
     state: AtomicU64,
     seq: AtomicU32,
     sleepers: AtomicU32,
+    drain: AtomicU32,
+    _reserved: AtomicU32,
     readers: [AtomicU64; READERS],
     data: UnsafeCell<T>,
 }
@@ -120,6 +126,8 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             state: AtomicU64::new(0),
             seq: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
+            drain: AtomicU32::new(0),
+            _reserved: AtomicU32::new(0),
             readers: std::array::from_fn(|_| AtomicU64::new(0)),
             data: UnsafeCell::new(value),
         }
@@ -310,6 +318,15 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         }
     }
 
+    /// A reader left while a writer is in `state`: wake the draining writer.
+    #[inline]
+    fn notify_drain(&self) {
+        // SYNC: SeqCst orders our withdrawal (entry store, fenced by the caller)
+        // before the bump; the writer reads `drain` before scanning the entries.
+        self.drain.fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(&self.drain);
+    }
+
     /// Sleeps one slice unless `seq` moved since `s`; false if the deadline passed.
     fn sleep(&self, s: u32, deadline: Option<Instant>) -> bool {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -371,7 +388,9 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             }
             // A writer (or a dead end): withdraw, and let a draining writer know.
             withdraw(entry, inc);
-            self.notify();
+            if !OwnerTag::from_word(w).is_nobody() {
+                self.notify_drain();
+            }
             if w == NOT_RECOVERABLE {
                 return Err(LockError::NotRecoverable);
             }
@@ -390,8 +409,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             if try_only {
                 return Err(LockError::WouldBlock);
             }
-            // Sleep on a `seq` read after our own notify (or our notify would wake
-            // us at once), and only while the writer is still there.
+            // Sleep on `seq` (state changes), only while the writer is still there.
             let s = self.seq.load(Ordering::SeqCst);
             if self.state.load(Ordering::SeqCst) == w && !self.sleep(s, deadline) {
                 return Err(LockError::TimedOut);
@@ -446,7 +464,9 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         fence(Ordering::SeqCst);
         // 2. Wait for the readers to leave; clear the entries of dead readers.
         loop {
-            let s = self.seq.load(Ordering::SeqCst);
+            // SYNC: read `drain` before scanning, so that a reader leaving after the
+            // scan has bumped it past `s` (its futex wait then returns at once).
+            let s = self.drain.load(Ordering::SeqCst);
             if self.readers_gone(cx) {
                 let g = RwLockWriteGuard {
                     lock: self,
@@ -458,7 +478,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                     Ok(g)
                 };
             }
-            if try_only || !self.sleep(s, deadline) {
+            if try_only || !futex::wait(&self.drain, s, deadline, SLICE) {
                 // Give up the claim, restoring what we found.
                 let back = if inconsistent { INCONSISTENT } else { 0 };
                 self.state.store(back, Ordering::SeqCst);
@@ -600,7 +620,7 @@ impl<T, const R: usize> Drop for RwLockReadGuard<'_, T, R> {
         // wake-up without it).
         fence(Ordering::SeqCst);
         if !OwnerTag::from_word(self.lock.state.load(Ordering::SeqCst)).is_nobody() {
-            self.lock.notify(); // a writer may be waiting for us
+            self.lock.notify_drain(); // a writer may be waiting for us
         }
     }
 }
