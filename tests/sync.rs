@@ -1955,3 +1955,38 @@ fn a_killed_sleeping_process_does_not_break_later_sets() {
     assert!(e.wait_for(Duration::ZERO));
     assert!(!e.wait_for(Duration::from_millis(10)));
 }
+
+#[test]
+fn an_inherited_handle_locks_for_nobody_in_a_forked_child() {
+    let _dog = watchdog("an_inherited_handle_locks_for_nobody_in_a_forked_child");
+    let seg = SegmentOptions::anonymous()
+        .max_size(1 << 20)
+        .committed(64 << 10)
+        .create()
+        .unwrap();
+    let m = mutex_at(&seg, 0, 0u64);
+    // SAFETY: the child only calls lock (atomics, no allocation on this path) and
+    // leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match m.try_lock(&seg) {
+            Err(LockError::NotAttached) => 0,
+            Ok(_) => 1,
+            Err(_) => 2,
+        };
+        // SAFETY: leaving the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child locked as its parent (1) or got another error (2)"
+    );
+    // The parent's own handle is unaffected.
+    assert!(m.try_lock(&seg).is_ok());
+}

@@ -57,6 +57,8 @@ pub struct Segment {
     /// Set by `simulate_crash_now`: the handle behaves as a dead process's (test
     /// support); process-local.
     pub(super) crashed: crate::loom::AtomicU32,
+    /// The fork generation this handle acts for (see `os::fork`).
+    pub(super) fork_gen: u64,
 }
 
 impl Segment {
@@ -81,6 +83,7 @@ impl Segment {
             created: false,
             persist: false,
             crashed: crate::loom::AtomicU32::new(0),
+            fork_gen: crate::segment::os::fork::generation(),
         };
         seg.claim_slot()?;
         seg.created = created;
@@ -693,6 +696,7 @@ impl Segment {
         self.persist = true;
         self.claim_slot()?;
         self.pid = proc::self_pid();
+        self.fork_gen = crate::segment::os::fork::generation();
         Ok(())
     }
 

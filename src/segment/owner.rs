@@ -77,12 +77,18 @@ impl OwnerTag {
 }
 
 impl Segment {
-    /// This handle's owner tag.
+    /// This handle's owner tag; a tag naming nobody in a forked child that has not
+    /// called [`after_fork`](Segment::after_fork) on this handle.
     ///
     /// # Examples
     ///
     /// See [`OwnerTag`].
     pub fn owner_tag(&self) -> OwnerTag {
+        if crate::segment::os::fork::current() != self.fork_gen {
+            // An inherited handle in a forked child: it acts for nobody until
+            // `after_fork` (the locks refuse it with `NotAttached`).
+            return OwnerTag(0);
+        }
         OwnerTag::new(self.slot(), self.incarnation()).unwrap_or(OwnerTag(0))
     }
 

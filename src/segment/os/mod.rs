@@ -5,6 +5,7 @@
 //! with a message from the crate root.
 
 pub(crate) mod fd;
+pub(crate) mod fork;
 pub(crate) mod heap;
 pub(crate) mod memfd;
 pub(crate) mod sysv;
