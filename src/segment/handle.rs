@@ -742,10 +742,12 @@ impl Segment {
     pub unsafe fn resolve<T: ShmShared>(&self, offset: Offset<T>) -> Result<&T> {
         let p = self.resolve_ptr(offset)?;
         // SAFETY: `resolve_ptr` proved the T lies in bounds and aligned in the user
-        // region of our mapping; T: ShmShared means every byte is inside an atomic,
-        // so peers' concurrent writes are not data races on what the reference
-        // covers, and every bit pattern is valid (ShmSafe); the reference borrows
-        // `self`, which keeps the mapping alive.
+        // region of our mapping; T: ShmShared means every byte is inside an atomic
+        // or a lock-protected UnsafeCell, so peers' concurrent writes are not data
+        // races on what the reference covers, and every bit pattern is valid
+        // (ShmSafe); overlapping views of other types are excluded by the caller
+        // (this fn's contract); the reference borrows `self`, which keeps the
+        // mapping alive.
         Ok(unsafe { p.as_ref() })
     }
 

@@ -159,20 +159,29 @@ impl<T> Mutex<T> {
     /// See [`Mutex`].
     #[inline]
     pub fn lock<'a>(&'a self, cx: &'a impl Context) -> LockResult<MutexGuard<'a, T>> {
+        self.lock_fast(cx, None)
+    }
+
+    /// The uncontended path (one CAS), then the slow path with `deadline`.
+    #[inline]
+    fn lock_fast<'a>(
+        &'a self,
+        cx: &'a impl Context,
+        deadline: Option<Instant>,
+    ) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
-        if OwnerTag::from_word(me).is_nobody() {
-            return Err(LockError::NotAttached);
-        }
         // SYNC: Acquire pairs with the Release swap in MutexGuard::drop: the previous
-        // holder's writes to the data happen before ours.
-        if self
-            .word
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        // holder's writes to the data happen before ours. A caller naming nobody
+        // goes to the slow path, which refuses it with NotAttached.
+        if !OwnerTag::from_word(me).is_nobody()
+            && self
+                .word
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
         {
             return Ok(self.guard(false));
         }
-        self.lock_slow(cx, None, false)
+        self.lock_slow(cx, deadline, false)
     }
 
     /// Locks if that needs no waiting: free, or held by a dead holder (then
@@ -246,19 +255,7 @@ impl<T> Mutex<T> {
         cx: &'a impl Context,
         deadline: Instant,
     ) -> LockResult<MutexGuard<'a, T>> {
-        let me = cx.me().bits();
-        if OwnerTag::from_word(me).is_nobody() {
-            return Err(LockError::NotAttached);
-        }
-        // SYNC: as in `lock`.
-        if self
-            .word
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            return Ok(self.guard(false));
-        }
-        self.lock_slow(cx, Some(deadline), false)
+        self.lock_fast(cx, Some(deadline))
     }
 
     /// Whether the mutex is held right now (a snapshot, for diagnostics).
