@@ -1751,9 +1751,10 @@ fn a_writer_process_killed_while_waiting_for_readers_blocks_nobody() {
 
 /// Sleepers counted in the semaphore at cell `index`: its second `u32` (the type
 /// is `repr(C)`: `count`, then `sleepers`).
+/// 1 if the semaphore's count word says someone may sleep on it (bit 31).
 fn semaphore_sleepers(seg: &Segment, index: u64) -> u32 {
     // SAFETY: this test views each offset as one type only.
-    unsafe { seg.read(cell::<[u32; 2]>(seg, index)) }.unwrap()[1]
+    unsafe { seg.read(cell::<[u32; 2]>(seg, index)) }.unwrap()[0] >> 31
 }
 
 #[test]

@@ -3,11 +3,14 @@
 //!
 //! # Plain (`LEDGER = 0`)
 //!
-//! `count` (the futex word) holds the available permits. `acquire` is one CAS
-//! `c → c - 1`; `release` one `fetch_add`, plus a wake syscall only if someone
-//! sleeps (`sleepers`, a hint that a dying sleeper can only leave too high, costing
-//! wakes, never a missed one). Permits taken by a process that dies are gone: use
-//! the ledger if that matters.
+//! `count` (the futex word) holds the available permits in its low 31 bits and a
+//! `SLEEPERS` flag in bit 31. `acquire` is one CAS `c → c - 1`; `release` one
+//! `fetch_add`, plus a wake syscall only if the flag is set. A sleeper sets the
+//! flag (only on an empty count, in the same word, so no wake can slip between its
+//! check and its sleep); a waker clears it and wakes everyone. A sleeper killed
+//! while asleep leaves the flag set, which costs the next release one wake and is
+//! then gone. Permits taken by a process that dies are gone: use the ledger if
+//! that matters.
 //!
 //! # With a ledger (`LEDGER = n`)
 //!
@@ -24,12 +27,16 @@
 use std::time::{Duration, Instant};
 
 use crate::layout::{ShmSafe, ShmShared};
-use crate::loom::{AtomicU32, AtomicU64, Ordering, fence};
+use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::OwnerTag;
 use crate::sync::{Context, LockError, Mutex, futex};
 
 /// Longest single sleep (waits re-check, and reclaim dead holders, between slices).
 const SLICE: Duration = Duration::from_millis(2);
+/// `count` bit 31: someone may be asleep on the word.
+const SLEEPERS: u32 = 1 << 31;
+/// `count` bits 0..31: available permits.
+const PERMITS: u32 = SLEEPERS - 1;
 /// Ledger entry: count in the low bits, incarnation bits above.
 const COUNT_BITS: u32 = 18;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -87,7 +94,7 @@ pub enum SemaphoreError {
 #[repr(C)]
 pub struct Semaphore<const LEDGER: usize = 0> {
     count: AtomicU32,
-    sleepers: AtomicU32,
+    _reserved1: AtomicU32,
     total: AtomicU32,
     _reserved: AtomicU32,
     lock: Mutex<()>,
@@ -133,9 +140,9 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
 
     fn build(permits: u32) -> Self {
         Self {
-            count: AtomicU32::new(permits),
-            sleepers: AtomicU32::new(0),
-            total: AtomicU32::new(permits),
+            count: AtomicU32::new(permits.min(PERMITS)),
+            _reserved1: AtomicU32::new(0),
+            total: AtomicU32::new(permits.min(PERMITS)),
             _reserved: AtomicU32::new(0),
             lock: Mutex::new(()),
             ledger: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -144,7 +151,7 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
 
     /// Permits available now (a snapshot).
     pub fn available(&self) -> u32 {
-        self.count.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed) & PERMITS
     }
 
     /// Permits the ledger records for `owner` (0 without a ledger).
@@ -249,11 +256,6 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
                 Ordering::Relaxed,
             );
         }
-        // SYNC: the SeqCst fence in `wake_sleepers` orders our count increase
-        // before our look at `sleepers`, against the sleeper's fence between its
-        // `sleepers` increment and its look at `count` (a store-load pair: without
-        // both fences each side could miss the other and the sleeper would miss
-        // this wake; loom's blocking futex model found exactly that).
         self.wake_sleepers();
         Ok(())
     }
@@ -262,7 +264,10 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         // SYNC: Release publishes the releaser's work to the next acquirer (Acquire
         // CAS in `take`).
         self.count
-            .fetch_update(Ordering::Release, Ordering::Relaxed, |c| c.checked_add(n))
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |c| {
+                let p = (c & PERMITS).checked_add(n).filter(|&p| p <= PERMITS)?;
+                Some((c & SLEEPERS) | p)
+            })
             .map(|_| ())
             .map_err(|_| SemaphoreError::Overflow)
     }
@@ -271,7 +276,7 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     #[inline]
     fn take(&self) -> bool {
         let mut c = self.count.load(Ordering::Relaxed);
-        while c > 0 {
+        while c & PERMITS > 0 {
             // SYNC: Acquire pairs with the Release in `add`.
             match self
                 .count
@@ -314,7 +319,7 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         drop(g);
         // Repairs, reclaims and a dead predecessor's permits may have raised the
         // count: let sleepers see it now rather than after their slice.
-        if self.count.load(Ordering::Relaxed) != 0 {
+        if self.count.load(Ordering::Relaxed) & PERMITS != 0 {
             self.wake_sleepers();
         }
         Ok(got)
@@ -337,10 +342,12 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         true
     }
 
-    /// Wakes sleepers if any may be asleep (see the fence pairing in `release`).
+    /// Wakes every sleeper if the flag says someone may sleep, clearing it (the
+    /// flag and the permits share one word: no store-load race to fence against).
     fn wake_sleepers(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::Relaxed) != 0 {
+        if self.count.load(Ordering::Relaxed) & SLEEPERS != 0
+            && self.count.fetch_and(!SLEEPERS, Ordering::Relaxed) & SLEEPERS != 0
+        {
             futex::wake_all(&self.count);
         }
     }
@@ -421,8 +428,12 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
                     .map(|e| e.load(Ordering::Relaxed) & COUNT_MASK)
                     .sum();
                 let total = u64::from(self.total.load(Ordering::Relaxed));
-                self.count
-                    .store(total.saturating_sub(held) as u32, Ordering::Relaxed);
+                let permits = (total.saturating_sub(held) as u32).min(PERMITS);
+                let _ = self
+                    .count
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                        Some((c & SLEEPERS) | permits)
+                    });
                 g.make_consistent();
                 Ok(g)
             }
@@ -456,12 +467,21 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
             if try_only {
                 return Err(SemaphoreError::WouldBlock);
             }
-            self.sleepers.fetch_add(1, Ordering::Relaxed);
-            // SYNC: pairs with the fence in `release` (see there).
-            fence(Ordering::SeqCst);
-            let more = self.count.load(Ordering::Acquire) != 0
-                || futex::wait(&self.count, 0, deadline, SLICE);
-            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            // Sleep only on an empty count, with the flag set in the same word: a
+            // release changes the word, so its wake cannot be missed.
+            let c = self.count.load(Ordering::Acquire);
+            if c & PERMITS != 0 {
+                continue;
+            }
+            if c & SLEEPERS == 0
+                && self
+                    .count
+                    .compare_exchange(c, c | SLEEPERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let more = futex::wait(&self.count, c | SLEEPERS, deadline, SLICE);
             if !more {
                 return Err(SemaphoreError::TimedOut);
             }
