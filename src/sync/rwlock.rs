@@ -12,8 +12,10 @@
 //!   reader's share is released**.
 //! - `seq`: a futex word bumped by every change of `state` that may unblock
 //!   someone (a writer's release, a timed-out writer's withdrawal, a dead writer
-//!   marked); readers and writers waiting for `state` sleep on it. `sleepers`: a
-//!   hint for whether to make the wake syscall.
+//!   marked); readers and writers waiting for `state` sleep on it. Its bit 31 is
+//!   the `SLEEPERS` flag, set by a sleeper in the same word (so no wake can slip
+//!   between its check and its sleep) and cleared by the waker; a sleeper killed
+//!   while asleep costs the next waker one wake syscall, no more.
 //! - `drain`: a futex word bumped by readers leaving while a writer is in `state`;
 //!   only that writer sleeps on it (so blocked readers never wake each other).
 //!
@@ -49,6 +51,8 @@ use crate::sync::{Context, LockError, LockResult, futex};
 
 const INCONSISTENT: u64 = 1 << 63;
 const NOT_RECOVERABLE: u64 = 1 << 62;
+/// `seq` bit 31: someone may be asleep on `seq`.
+const SLEEPERS: u32 = 1 << 31;
 const COUNT_BITS: u32 = 18;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 /// Longest sleep between two liveness checks.
@@ -78,7 +82,7 @@ const SLICE: Duration = Duration::from_millis(2);
 pub struct RwLock<T, const READERS: usize = 128> {
     state: AtomicU64,
     seq: AtomicU32,
-    sleepers: AtomicU32,
+    _reserved1: AtomicU32,
     drain: AtomicU32,
     _reserved: AtomicU32,
     readers: [AtomicU64; READERS],
@@ -125,7 +129,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         Self {
             state: AtomicU64::new(0),
             seq: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
+            _reserved1: AtomicU32::new(0),
             drain: AtomicU32::new(0),
             _reserved: AtomicU32::new(0),
             readers: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -308,14 +312,36 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// Bumps `seq` and wakes sleepers, after a change that may unblock someone.
     #[inline]
     fn notify(&self) {
-        // SYNC: SeqCst orders the state/entry change before the bump, and the bump
-        // before reading `sleepers` (pairs with the waiter's increment of
-        // `sleepers` before its seq check, in `sleep`).
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
+        // SYNC: SeqCst RMW: the state/entry change before it is visible to a waiter
+        // that reads the new `seq`; the flag in the same word says whether anyone
+        // may sleep (a waiter sets it with a CAS on the value it will sleep on).
+        let prev = self
+            .seq
+            .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |v| {
+                Some(v.wrapping_add(1) & !SLEEPERS)
+            })
+            .unwrap_or(0);
+        if prev & SLEEPERS != 0 {
             futex::wake_all(&self.seq);
         }
+    }
+
+    /// Sleeps one slice unless `seq` moved since `s`; false if the deadline passed.
+    fn sleep(&self, s: u32, deadline: Option<Instant>) -> bool {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        // Announce ourselves in the word we sleep on: if a notify came since `s`,
+        // the CAS fails and we return to re-check at once.
+        if s & SLEEPERS == 0
+            && self
+                .seq
+                .compare_exchange(s, s | SLEEPERS, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+        {
+            return true;
+        }
+        futex::wait(&self.seq, s | SLEEPERS, deadline, SLICE)
     }
 
     /// A reader left while a writer is in `state`: wake the draining writer.
@@ -325,16 +351,6 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         // before the bump; the writer reads `drain` before scanning the entries.
         self.drain.fetch_add(1, Ordering::SeqCst);
         futex::wake_all(&self.drain);
-    }
-
-    /// Sleeps one slice unless `seq` moved since `s`; false if the deadline passed.
-    fn sleep(&self, s: u32, deadline: Option<Instant>) -> bool {
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        // SYNC: pairs with the fence in `notify` (store-load pair; see semaphore).
-        fence(Ordering::SeqCst);
-        let ok = futex::wait(&self.seq, s, deadline, SLICE);
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        ok
     }
 
     fn read_deadline<'a>(
