@@ -127,10 +127,9 @@ impl Segment {
 
     /// The registry slots (validated offsets from the header snapshot).
     fn slots(&self) -> &[Slot] {
-        // SAFETY: `fields` passed `validate`: registry_offset is 64-aligned, and
-        // registry_offset + slots * 64 <= user_offset <= max_size == mapping length,
-        // and the registry lies below user_offset, which is committed. Slots are
-        // atomics only (any bit pattern valid) and live as long as `self.map`.
+        // SAFETY: `validate` proved the registry 64-aligned and inside the committed
+        // part of our mapping (below user_offset); Slot is atomics only (any bits
+        // valid), and the slice borrows `self`, which keeps the mapping alive.
         unsafe {
             std::slice::from_raw_parts(
                 self.map
@@ -741,13 +740,9 @@ impl Segment {
     /// ```
     pub unsafe fn resolve<T: ShmShared>(&self, offset: Offset<T>) -> Result<&T> {
         let p = self.resolve_ptr(offset)?;
-        // SAFETY: `resolve_ptr` proved the T lies in bounds and aligned in the user
-        // region of our mapping; T: ShmShared means every byte is inside an atomic
-        // or a lock-protected UnsafeCell, so peers' concurrent writes are not data
-        // races on what the reference covers, and every bit pattern is valid
-        // (ShmSafe); overlapping views of other types are excluded by the caller
-        // (this fn's contract); the reference borrows `self`, which keeps the
-        // mapping alive.
+        // SAFETY: in bounds and aligned (resolve_ptr); T: ShmShared (atomics or
+        // lock-protected cells, any bits valid) and no overlapping other-typed view
+        // (our caller's contract); the reference borrows `self`, keeping the map.
         Ok(unsafe { p.as_ref() })
     }
 

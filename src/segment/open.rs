@@ -423,11 +423,9 @@ impl SegmentOptions {
             checksum: 0,
         };
         fields.checksum = fields.compute_checksum();
-        // SAFETY: (1) the region is at least `plan.user_offset` bytes and committed
-        // (checked by `plan`, backed by the caller), so the header and every slot lie
-        // inside it; (2) it is page-aligned, so the header (align 8) and slots (64 B
-        // apart from a page boundary) are aligned; (3) nobody else reads these fields
-        // before `publish`: openers wait for Ready.
+        // SAFETY: the committed, page-aligned region holds the header and every slot
+        // (`plan` checked user_offset <= committed), aligned; nobody reads these
+        // fields before `publish` (openers wait for Ready).
         unsafe {
             std::ptr::addr_of_mut!((*header).magic).write_volatile(MAGIC);
             std::ptr::addr_of_mut!((*header).version).write_volatile(FORMAT_VERSION);

@@ -168,11 +168,9 @@ pub(crate) fn map(fd: BorrowedFd<'_>, len: u64) -> Result<Mapping> {
 /// replaces it atomically (a failing `MAP_FIXED` could leave a hole instead).
 pub(crate) fn remap_in_place(fd: BorrowedFd<'_>, map: &Mapping) -> Result<()> {
     let fresh = self::map(fd, map.len() as u64)?;
-    // SAFETY: `fresh` is a live mapping of `map.len()` bytes that we own; moving it
-    // with MREMAP_FIXED over `map`'s range atomically replaces that range with a
-    // MAP_SHARED view of the same object at the same offset, so references into
-    // `map` stay valid and see the same contents; `map` still owns (and will
-    // munmap) the range, and `fresh` must not unmap it: it is forgotten below.
+    // SAFETY: moving our own `fresh` view (same object, same offset, same length)
+    // over `map`'s range replaces it atomically: references into `map` stay valid
+    // with the same contents; `map` keeps owning the range; `fresh` is forgotten.
     unsafe {
         rustix::mm::mremap_fixed(
             fresh.ptr().as_ptr().cast(),
