@@ -5,9 +5,11 @@
 //! (`RUSTFLAGS="--cfg loom"`). `clippy.toml` forbids the std atomics and
 //! `UnsafeCell` everywhere else.
 //!
-//! Under loom the futex is a stand-in: `futex_wait` re-checks the word and yields
-//! (so a lost wake-up shows up as a model that cannot make progress) and
-//! `futex_wake` is a no-op.
+//! Under loom the futex is a stand-in with two modes: by default `futex_wait`
+//! re-checks the word and yields and `futex_wake` does nothing (models with dying
+//! threads, whose real waiters rely on timeout slices); after
+//! `futex_model::set_blocking` (loom builds only) a waiter sleeps until woken,
+//! so a lost wake-up is a deadlock that loom reports.
 //!
 //! [loom]: https://docs.rs/loom
 #![allow(clippy::disallowed_types)]
