@@ -167,6 +167,22 @@ pub enum Error {
         /// The pid that made the handle.
         parent: u32,
     },
+    /// The heap cannot satisfy an allocation within the segment's maximum size.
+    #[error("out of memory: {requested} bytes requested, {available} bytes free in pages")]
+    OutOfMemory {
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes still free at the page level (small-block free space not counted).
+        available: u64,
+    },
+    /// An offset given to the heap is not a block in the state the call needs.
+    #[error("bad heap block {offset:#x}: {reason}")]
+    BadBlock {
+        /// The offset.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The operation is not supported by this kind of segment or platform.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

@@ -70,6 +70,7 @@ compile_error!(
     "shmkit supports Linux only (futex, memfd, OFD locks); other platforms are not implemented yet"
 );
 
+pub mod alloc;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

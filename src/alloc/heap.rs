@@ -1,0 +1,806 @@
+//! [`Heap`]: the shared allocator's handle.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+
+use crate::loom::{AtomicU64, Ordering};
+use crate::segment::Segment;
+use crate::sync::{LockError, MutexGuard};
+use crate::{Error, OwnerTag, PAGE_SIZE, Result};
+
+use super::class::{CLASSES, GEOMETRY, class_of};
+use super::list;
+use super::mem::Mem;
+use super::owner::{BlockState, FREE_WORD};
+use super::pages::{self, FREE, LARGE, Op, Run, SPAN, Table};
+use super::pool::{self, Cache, Reclaimed, exclusive, lock_error};
+use super::seg_mem::SegMem;
+
+/// A process's handle on the shared heap of a segment.
+///
+/// The heap manages the segment's user region (from
+/// [`Segment::user_offset`] to `max_size`): small blocks (16 B … 32 KiB) in
+/// size-class spans with lock-free shared free lists, large blocks as whole pages.
+/// Blocks are named by their offset from the segment base, which is the same in
+/// every process; [`Heap::ptr`] turns one into an address in this process.
+///
+/// Every block records its owner: a block allocated here is `Owned` by this
+/// process (registry slot + incarnation) until it is freed or
+/// [`publish`](Heap::publish)ed (re-tagged shared, before it is linked into a
+/// shared structure). If this process dies, [`reclaim_dead`](Heap::reclaim_dead)
+/// in any survivor returns its owned blocks and its cache: a process killed at any
+/// instruction leaks only what it held privately, and only until then.
+///
+/// A handle keeps a process-local cache of free blocks per class (so the common
+/// alloc and free touch no shared cache line); it is `Send` but not `Sync`: use one
+/// handle per thread (handles are cheap; all of a process's handles share its
+/// owner tag). Dropping a handle gives its cache back.
+///
+/// # Examples
+///
+/// ```
+/// use shmkit::{SegmentOptions, alloc::Heap};
+/// let seg = SegmentOptions::heap().max_size(16 << 20).create()?;
+/// let heap = Heap::attach(&seg)?;
+/// let off = heap.alloc(100, 8)?;
+/// // SAFETY: we own the block and its 100 bytes.
+/// unsafe { heap.ptr(off)?.as_ptr().write_bytes(7, 100) };
+/// heap.free(off)?;
+/// assert!(heap.verify().is_clean());
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct Heap<'s> {
+    pub(crate) mem: SegMem<'s>,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for Heap<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heap")
+            .field("layout", &self.mem.lay)
+            .finish()
+    }
+}
+
+/// Largest single allocation the heap would accept on any segment (64 GiB).
+pub const MAX_ALLOC: u64 = crate::Tagged::MAX_OFFSET;
+
+impl<'s> Heap<'s> {
+    /// Attaches to the heap in `seg`'s user region, building it if this is the first
+    /// handle (on any process) to ask. Building is race-free: one process builds,
+    /// the others wait; a builder that died is replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSize`] if the segment is too small for a heap;
+    /// [`Error::NoSpace`] if its tables cannot be committed; [`Error::Corrupt`] if the
+    /// header is not a heap's; [`Error::NotReady`] if a live builder does not finish
+    /// within 2 s; [`Error::InvalidArgument`] for a forked handle without
+    /// `after_fork`.
+    ///
+    /// # Examples
+    ///
+    /// See [`Heap`].
+    pub fn attach(seg: &'s Segment) -> Result<Self> {
+        Ok(Self {
+            mem: SegMem::attach(seg)?,
+            cache: Cache::default(),
+        })
+    }
+
+    /// The segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let heap = shmkit::alloc::Heap::attach(&seg)?;
+    /// assert_eq!(heap.segment().max_size(), seg.max_size());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn segment(&self) -> &'s Segment {
+        self.mem.seg
+    }
+
+    #[inline]
+    fn me(&self) -> Result<OwnerTag> {
+        let me = self.mem.seg.owner_tag();
+        if me.is_nobody() {
+            return Err(not_attached());
+        }
+        Ok(me)
+    }
+
+    /// Allocates `size` bytes aligned to `align` and returns the block's offset.
+    /// The block is owned by this process until freed or published; its contents
+    /// are unspecified.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSize`] for a size of 0 or above 64 GiB;
+    /// [`Error::InvalidArgument`] for an alignment that is not a power of two up to
+    /// 4096; [`Error::OutOfMemory`] when the segment's maximum is reached (after
+    /// reclaiming dead processes' blocks and trimming); [`Error::NoSpace`] when the
+    /// backing store is full; [`Error::Corrupt`] if heap metadata was overwritten.
+    ///
+    /// # Examples
+    ///
+    /// See [`Heap`].
+    #[inline]
+    pub fn alloc(&self, size: usize, align: usize) -> Result<u64> {
+        let (size, align) = (size as u64, align as u64);
+        if size == 0 || size > MAX_ALLOC {
+            return Err(bad_size(size));
+        }
+        if !align.is_power_of_two() || align > PAGE_SIZE {
+            return Err(Error::InvalidArgument(
+                "alignment must be a power of two no greater than 4096",
+            ));
+        }
+        let me = self.me()?;
+        match class_of(size, align) {
+            Some(c) => match self.cache.pop(&self.mem, c, me)? {
+                Some(b) => Ok(b),
+                None => self.alloc_small_slow(c, me),
+            },
+            None => self.alloc_large(size, me),
+        }
+    }
+
+    #[cold]
+    fn alloc_small_slow(&self, c: usize, me: OwnerTag) -> Result<u64> {
+        let head = self.mem.head(c);
+        for attempt in 0..2 {
+            if !self
+                .cache
+                .refill(&self.mem, head, &self.mem.hdr.transfer, self.mem.seg, c)?
+            {
+                match self.carve(c, me) {
+                    Ok(chain) => self.cache.adopt_chain(
+                        &self.mem,
+                        head,
+                        &self.mem.hdr.transfer,
+                        self.mem.seg,
+                        c,
+                        chain,
+                    )?,
+                    Err(Error::OutOfMemory { .. }) if attempt == 0 => {
+                        self.recover_space()?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(b) = self.cache.pop(&self.mem, c, me)? {
+                return Ok(b);
+            }
+        }
+        Err(self.oom(GEOMETRY[c].size))
+    }
+
+    /// Reclaims dead processes' blocks and gives whole free spans back to the page
+    /// level, before an out-of-memory error.
+    #[cold]
+    fn recover_space(&self) -> Result<()> {
+        self.reclaim_dead()?;
+        self.trim()?;
+        Ok(())
+    }
+
+    fn oom(&self, requested: u64) -> Error {
+        let t = &self.mem;
+        let brk = t.brk().load(Ordering::Relaxed);
+        let free = t.free_pages().load(Ordering::Relaxed) + t.lay.npages.saturating_sub(brk);
+        Error::OutOfMemory {
+            requested,
+            available: free * PAGE_SIZE,
+        }
+    }
+
+    /// Takes the page lock, replaying the journal of a holder that died.
+    pub(crate) fn page_lock(&self) -> Result<MutexGuard<'_, ()>> {
+        match self.mem.hdr.page_lock.lock(self.mem.seg) {
+            Ok(g) => Ok(g),
+            Err(LockError::OwnerDied(mut g)) => {
+                pages::replay(&self.mem);
+                g.make_consistent();
+                Ok(g)
+            }
+            Err(e) => Err(lock_error("heap page lock", e.map(|_| ()))),
+        }
+    }
+
+    /// Takes `n` pages for a run of `kind`: from the first free run that fits, or
+    /// from the break (committing more of the segment). `prepare(first_page)` runs
+    /// before the commit point; `extra` ops join the transaction.
+    fn take_pages(
+        &self,
+        n: u64,
+        kind: u64,
+        class: usize,
+        prepare: impl FnOnce(u64) -> Result<()>,
+        extra: impl FnOnce(u64) -> Vec<Op>,
+    ) -> Result<u64> {
+        let t = &self.mem;
+        let from = pages::find_free(t, n)?;
+        let (start, mut ops) = pages::take_ops(t, from, n, kind, class);
+        if from.is_none() {
+            if start + n > t.lay.npages {
+                return Err(self.oom(n * PAGE_SIZE));
+            }
+            t.ensure_pages(start + n)?;
+        }
+        prepare(start)?;
+        ops.extend(extra(start));
+        pages::commit(t, &ops);
+        Ok(start)
+    }
+
+    /// Carves a span of class `c`; returns its blocks as a chain tagged `Cached(me)`.
+    fn carve(&self, c: usize, me: OwnerTag) -> Result<(u64, u64, u32)> {
+        let g = GEOMETRY[c];
+        let _pl = self.page_lock()?;
+        let cached = BlockState::Cached(me).to_word();
+        let mut chain = (0, 0, 0);
+        self.take_pages(
+            g.pages,
+            SPAN,
+            c,
+            |start| {
+                // The pages are not a span until the commit: a crash here leaves
+                // them free, whatever we wrote.
+                let span = self.mem.page_off(start);
+                let blocks = span + g.meta_pages * PAGE_SIZE;
+                for i in 0..g.blocks {
+                    let b = blocks + i * g.size;
+                    let next = if i + 1 < g.blocks { b + g.size } else { 0 };
+                    word(&self.mem, span + 8 * i)?.store(cached, Ordering::Relaxed);
+                    word(&self.mem, b)?.store(next, Ordering::Relaxed);
+                }
+                chain = (blocks, blocks + (g.blocks - 1) * g.size, g.blocks as u32);
+                Ok(())
+            },
+            |_| Vec::new(),
+        )?;
+        Ok(chain)
+    }
+
+    #[cold]
+    fn alloc_large(&self, size: u64, me: OwnerTag) -> Result<u64> {
+        let n = size.div_ceil(PAGE_SIZE);
+        for attempt in 0..2 {
+            let r = {
+                let _pl = self.page_lock()?;
+                self.take_pages(
+                    n,
+                    LARGE,
+                    0,
+                    |_| Ok(()),
+                    |start| {
+                        vec![Op::Owner {
+                            page: start,
+                            word: BlockState::Owned(me).to_word(),
+                        }]
+                    },
+                )
+            };
+            match r {
+                Ok(start) => return Ok(self.mem.page_off(start)),
+                Err(Error::OutOfMemory { .. }) if attempt == 0 => self.recover_space()?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.oom(size))
+    }
+
+    /// Frees the block at `off`, whoever allocated it (a block handed over by
+    /// another process is freed like our own).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if `off` is not the start of a block of this heap that is
+    /// allocated (a double free, an interior or foreign offset); nothing changes
+    /// then. [`Error::Corrupt`] if heap metadata was overwritten.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Error, SegmentOptions, alloc::Heap};
+    /// let seg = SegmentOptions::heap().create()?;
+    /// let heap = Heap::attach(&seg)?;
+    /// let off = heap.alloc(64, 8)?;
+    /// heap.free(off)?;
+    /// assert!(matches!(heap.free(off), Err(Error::BadBlock { .. })));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    #[inline]
+    pub fn free(&self, off: u64) -> Result<()> {
+        let me = self.me()?;
+        match self.mem.locate(off) {
+            Some(loc) => {
+                let n = pool::free_small(&self.mem, &self.cache, off, loc, me)?;
+                if n > 2 * GEOMETRY[loc.class].batch {
+                    self.flush_class(loc.class, GEOMETRY[loc.class].batch)?;
+                }
+                Ok(())
+            }
+            None => self.free_large(off, me),
+        }
+    }
+
+    #[cold]
+    fn flush_class(&self, c: usize, keep: u32) -> Result<()> {
+        self.cache.flush(
+            &self.mem,
+            self.mem.head(c),
+            &self.mem.hdr.transfer,
+            self.mem.seg,
+            c,
+            keep,
+        )
+    }
+
+    /// The large run starting at `off`, if there is one.
+    fn large_at(&self, off: u64) -> Option<Run> {
+        let rel = off.checked_sub(self.mem.lay.data_off)?;
+        if rel % PAGE_SIZE != 0 {
+            return None;
+        }
+        let page = rel / PAGE_SIZE;
+        pages::run_at(&self.mem, page).filter(|r| r.kind == LARGE && r.start == page)
+    }
+
+    #[cold]
+    fn free_large(&self, off: u64, me: OwnerTag) -> Result<()> {
+        let _pl = self.page_lock()?;
+        let r = self.large_at(off).ok_or(Error::BadBlock {
+            offset: off,
+            reason: "not the start of a block of this heap",
+        })?;
+        claim(self.mem.owner(r.start), off, me)?;
+        let mut ops = pages::free_ops(&self.mem, r);
+        ops.push(Op::Owner {
+            page: r.start,
+            word: FREE_WORD,
+        });
+        pages::commit(&self.mem, &ops);
+        Ok(())
+    }
+
+    /// The owner word and usable size of the block at `off`.
+    fn owner_of(&self, off: u64) -> Result<(&AtomicU64, u64)> {
+        if let Some(loc) = self.mem.locate(off) {
+            let w = self.mem.word(loc.owner).ok_or_else(|| {
+                Error::corrupt("heap span", format!("owner word of {off:#x} out of range"))
+            })?;
+            return Ok((w, GEOMETRY[loc.class].size));
+        }
+        match self.large_at(off) {
+            Some(r) => Ok((self.mem.owner(r.start), r.len * PAGE_SIZE)),
+            None => Err(Error::BadBlock {
+                offset: off,
+                reason: "not the start of a block of this heap",
+            }),
+        }
+    }
+
+    /// The state of the block at `off`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if `off` is not the start of a block; [`Error::Corrupt`]
+    /// for an impossible owner word.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{SegmentOptions, alloc::{BlockState, Heap}};
+    /// let seg = SegmentOptions::heap().create()?;
+    /// let heap = Heap::attach(&seg)?;
+    /// let off = heap.alloc(24, 8)?;
+    /// assert_eq!(heap.state(off)?, BlockState::Owned(seg.owner_tag()));
+    /// heap.publish(off)?;
+    /// assert_eq!(heap.state(off)?, BlockState::Shared);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn state(&self, off: u64) -> Result<BlockState> {
+        let (w, _) = self.owner_of(off)?;
+        let v = w.load(Ordering::Acquire);
+        BlockState::from_word(v)
+            .ok_or_else(|| Error::corrupt("heap owner word", format!("block {off:#x}: {v:#018x}")))
+    }
+
+    /// Usable bytes of the allocated block at `off` (its class size, or its pages).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if `off` is not an allocated block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let heap = shmkit::alloc::Heap::attach(&seg)?;
+    /// let off = heap.alloc(100, 8)?;
+    /// assert_eq!(heap.usable_size(off)?, 112);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn usable_size(&self, off: u64) -> Result<u64> {
+        let (w, size) = self.owner_of(off)?;
+        used(w.load(Ordering::Acquire), off)?;
+        Ok(size)
+    }
+
+    /// A pointer, in this process, to the allocated block at `off`, valid for
+    /// [`usable_size`](Self::usable_size) bytes while the block stays allocated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if `off` is not an allocated block.
+    ///
+    /// # Examples
+    ///
+    /// See [`Heap`].
+    pub fn ptr(&self, off: u64) -> Result<NonNull<u8>> {
+        self.usable_size(off)?;
+        NonNull::new(self.mem.ptr(off)).ok_or(Error::BadBlock {
+            offset: off,
+            reason: "null",
+        })
+    }
+
+    /// Publishes a block this process owns: re-tags it `Shared`, so that it
+    /// survives this process's death. Do it *before* linking the block into a
+    /// structure other processes reach (a crash in between then leaks the block
+    /// instead of freeing one that is in use).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if the block is not owned by this process.
+    ///
+    /// # Examples
+    ///
+    /// See [`state`](Self::state).
+    pub fn publish(&self, off: u64) -> Result<()> {
+        let me = self.me()?;
+        let (w, _) = self.owner_of(off)?;
+        // SYNC: Release pairs with the Acquire of `adopt`/`free` in the process that
+        // takes the block over: our writes to it happen before their use.
+        w.compare_exchange(
+            BlockState::Owned(me).to_word(),
+            BlockState::Shared.to_word(),
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .map(drop)
+        .map_err(|_| Error::BadBlock {
+            offset: off,
+            reason: "not owned by this process",
+        })
+    }
+
+    /// Takes a published block back into this process's private ownership (so that
+    /// it is reclaimed if we die holding it): the receiving side of a hand-off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if the block is not in the shared state (someone else
+    /// adopted or freed it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{SegmentOptions, alloc::{BlockState, Heap}};
+    /// let seg = SegmentOptions::heap().create()?;
+    /// let heap = Heap::attach(&seg)?;
+    /// let off = heap.alloc(24, 8)?;
+    /// heap.publish(off)?;
+    /// let peer = seg.try_clone()?; // another process, as far as the heap can tell
+    /// let peer_heap = Heap::attach(&peer)?;
+    /// peer_heap.adopt(off)?;
+    /// assert_eq!(heap.state(off)?, BlockState::Owned(peer.owner_tag()));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn adopt(&self, off: u64) -> Result<()> {
+        let me = self.me()?;
+        let (w, _) = self.owner_of(off)?;
+        // SYNC: Acquire pairs with the Release in `publish`.
+        w.compare_exchange(
+            BlockState::Shared.to_word(),
+            BlockState::Owned(me).to_word(),
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .map(drop)
+        .map_err(|_| Error::BadBlock {
+            offset: off,
+            reason: "not a published block",
+        })
+    }
+
+    /// Resizes the block at `off` to `new_size` bytes (alignment `align`), keeping
+    /// its contents up to the smaller size; returns the (possibly new) offset. A
+    /// block that already fits stays where it is.
+    ///
+    /// # Errors
+    ///
+    /// As [`alloc`](Self::alloc) and [`free`](Self::free); on error the old block
+    /// is untouched.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let heap = shmkit::alloc::Heap::attach(&seg)?;
+    /// let a = heap.alloc(16, 8)?;
+    /// let b = heap.realloc(a, 5000, 8)?;
+    /// assert!(heap.usable_size(b)? >= 5000);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn realloc(&self, off: u64, new_size: usize, align: usize) -> Result<u64> {
+        let old = self.usable_size(off)?;
+        let want = new_size as u64;
+        // Stay in place if it fits without wasting more than half the block.
+        if want > 0 && want <= old && want * 2 > old && off % (align.max(1) as u64) == 0 {
+            return Ok(off);
+        }
+        let new = self.alloc(new_size, align)?;
+        let n = old.min(new_size as u64) as usize;
+        // SAFETY: both blocks are allocated (checked above and just now) and at
+        // least `n` bytes long; distinct blocks never overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.mem.ptr(off), self.mem.ptr(new), n) };
+        if let Err(e) = self.free(off) {
+            let _ = self.free(new);
+            return Err(e);
+        }
+        Ok(new)
+    }
+
+    /// Returns the private blocks (owned and cached) of every dead process to the
+    /// free lists, with any free block a death left off them. Any process may call
+    /// it at any time; allocation elsewhere goes on meanwhile (free-list transfers
+    /// pause for the pass).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the metadata is broken (see [`verify`](Self::verify)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let heap = shmkit::alloc::Heap::attach(&seg)?;
+    /// assert_eq!(heap.reclaim_dead()?.blocks, 0);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn reclaim_dead(&self) -> Result<Reclaimed> {
+        let seg = self.mem.seg;
+        let _w = exclusive(&self.mem.hdr.transfer, seg)?;
+        let _pl = self.page_lock()?;
+        let runs = self.runs()?;
+        let mut verdicts: HashMap<OwnerTag, bool> = HashMap::new();
+        let mut is_dead =
+            |t: OwnerTag| !*verdicts.entry(t).or_insert_with(|| seg.is_owner_alive(t));
+        let budget: u64 = runs
+            .iter()
+            .filter(|r| r.kind == SPAN)
+            .map(|r| GEOMETRY[r.class].blocks)
+            .sum::<u64>()
+            + 1;
+        let heads = self.mem.heads();
+        let mut out = pool::reclaim(
+            &self.mem,
+            &heads,
+            span_blocks(&self.mem, &runs),
+            budget,
+            &mut is_dead,
+        )?;
+        for r in runs.iter().filter(|r| r.kind == LARGE) {
+            let ow = self.mem.owner(r.start);
+            let w = ow.load(Ordering::Acquire);
+            let Some(t) = BlockState::from_word(w).and_then(BlockState::private_owner) else {
+                continue;
+            };
+            if !is_dead(t)
+                || ow
+                    .compare_exchange(w, FREE_WORD, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            // Re-read the neighbours for each free (the previous one may have merged).
+            let mut ops = pages::free_ops(&self.mem, *r);
+            ops.push(Op::Owner {
+                page: r.start,
+                word: FREE_WORD,
+            });
+            pages::commit(&self.mem, &ops);
+            out.blocks += 1;
+            out.bytes += r.len * PAGE_SIZE;
+            if !out.owners.contains(&t) {
+                out.owners.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives spans whose blocks are all free back to the page level (so their pages
+    /// can serve other classes and large blocks). Runs automatically before an
+    /// out-of-memory error. Returns the pages released.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the metadata is broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let heap = shmkit::alloc::Heap::attach(&seg)?;
+    /// let off = heap.alloc(100, 8)?;
+    /// heap.free(off)?;
+    /// heap.flush()?; // give the cached blocks back first
+    /// assert!(heap.trim()? > 0);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn trim(&self) -> Result<u64> {
+        let seg = self.mem.seg;
+        let _w = exclusive(&self.mem.hdr.transfer, seg)?;
+        let _pl = self.page_lock()?;
+        let runs = self.runs()?;
+        let mut empty: Vec<Run> = Vec::new();
+        for r in runs.iter().filter(|r| r.kind == SPAN) {
+            let g = &GEOMETRY[r.class];
+            let span = self.mem.page_off(r.start);
+            let all_free = (0..g.blocks).all(|i| {
+                self.mem
+                    .word(span + 8 * i)
+                    .is_some_and(|w| w.load(Ordering::Relaxed) == FREE_WORD)
+            });
+            if all_free {
+                empty.push(*r);
+            }
+        }
+        if empty.is_empty() {
+            return Ok(0);
+        }
+        let in_empty = |b: u64| {
+            empty.iter().any(|r| {
+                let s = self.mem.page_off(r.start);
+                b >= s && b < s + r.len * PAGE_SIZE
+            })
+        };
+        // Take the empty spans' blocks off the lists (they become Free and
+        // unlisted: a crash from here on is repaired by reclaim), then free the
+        // spans.
+        for (c, g) in GEOMETRY.iter().enumerate() {
+            if !empty.iter().any(|r| r.class == c) {
+                continue;
+            }
+            let head = self.mem.head(c);
+            let mut keep = Vec::new();
+            list::walk(&self.mem, head, c, u64::MAX >> 1, |b| {
+                if !in_empty(b) {
+                    keep.push(b);
+                }
+                true
+            })?;
+            list::reset(head);
+            for chunk in keep.chunks(g.batch as usize) {
+                for pair in chunk.windows(2) {
+                    word(&self.mem, pair[0])?.store(pair[1], Ordering::Relaxed);
+                }
+                word(&self.mem, chunk[chunk.len() - 1])?.store(0, Ordering::Relaxed);
+                list::push(&self.mem, head, chunk[0], chunk.len() as u32)?;
+            }
+        }
+        let mut released = 0;
+        for r in empty {
+            pages::commit(&self.mem, &pages::free_ops(&self.mem, r));
+            released += r.len;
+        }
+        Ok(released)
+    }
+
+    /// Gives this handle's cached free blocks back to the shared lists (dropping
+    /// the handle does it too).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if a cached chain was overwritten.
+    ///
+    /// # Examples
+    ///
+    /// See [`trim`](Self::trim).
+    pub fn flush(&self) -> Result<()> {
+        for c in 0..CLASSES {
+            self.flush_class(c, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Every run of the tiling, in order (bounded by the break).
+    pub(crate) fn runs(&self) -> Result<Vec<Run>> {
+        let brk = self.mem.brk().load(Ordering::Acquire);
+        let mut out = Vec::new();
+        let mut p = 0;
+        while p < brk {
+            let r = pages::run_starting(&self.mem, p)?;
+            out.push(r);
+            p = r.end();
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Heap<'_> {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// Every small block of the spans among `runs`, with its class.
+pub(crate) fn span_blocks<'a>(
+    mem: &'a SegMem<'_>,
+    runs: &'a [Run],
+) -> impl Iterator<Item = (u64, usize)> + 'a {
+    runs.iter().filter(|r| r.kind == SPAN).flat_map(move |r| {
+        let g = GEOMETRY[r.class];
+        let blocks = mem.page_off(r.start) + g.meta_pages * PAGE_SIZE;
+        (0..g.blocks).map(move |i| (blocks + i * g.size, r.class))
+    })
+}
+
+fn word<'a>(mem: &'a SegMem<'_>, off: u64) -> Result<&'a AtomicU64> {
+    mem.word(off)
+        .ok_or_else(|| Error::corrupt("heap", format!("word {off:#x} out of range")))
+}
+
+/// Checks an owner word says the block is handed out.
+fn used(w: u64, off: u64) -> Result<()> {
+    match BlockState::from_word(w) {
+        Some(s) if s.is_used() => Ok(()),
+        Some(_) => Err(Error::BadBlock {
+            offset: off,
+            reason: "not allocated",
+        }),
+        None => Err(Error::corrupt(
+            "heap owner word",
+            format!("block {off:#x}: {w:#018x}"),
+        )),
+    }
+}
+
+/// CASes a used owner word to `Owned(me)` (the commit point of a large free).
+fn claim(ow: &AtomicU64, off: u64, me: OwnerTag) -> Result<()> {
+    let mut w = ow.load(Ordering::Acquire);
+    loop {
+        used(w, off)?;
+        // SYNC: Acquire pairs with the Release of a publish (the last user's writes
+        // happen before the block is reused).
+        match ow.compare_exchange(
+            w,
+            BlockState::Owned(me).to_word(),
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(seen) => w = seen,
+        }
+    }
+}
+
+fn bad_size(size: u64) -> Error {
+    Error::InvalidSize {
+        size,
+        reason: "an allocation must be 1 byte to 64 GiB",
+    }
+}
+
+fn not_attached() -> Error {
+    Error::InvalidArgument("this handle acts for no registry slot (forked without after_fork?)")
+}
+
+#[allow(dead_code)]
+const _: () = assert!(FREE == 1);

@@ -1,0 +1,424 @@
+//! The small-block engine: a process-local cache per class in front of the shared
+//! free lists, and the recovery that puts a dead process's blocks back.
+//!
+//! A block's owner word (see [`BlockState`]) is the truth about it; lists and
+//! caches are only where to find it:
+//!
+//! * alloc from the cache: check `Cached(me)`, store `Owned(me)`, unlink (local);
+//! * free: CAS `Owned(anyone) | Shared` → `Cached(me)` (the commit point: of two
+//!   racing frees one wins, the other gets an error), link into the local cache;
+//! * refill (cache empty): pop a batch from the shared list, re-tag it `Cached(me)`;
+//! * flush (cache too long): unlink a batch locally, re-tag it `Free`, push it.
+//!
+//! Refill and flush run under the transfer lock in read mode (shared by all
+//! processes); `reclaim` runs under it in write mode. A process killed anywhere
+//! leaves each block it touched either `Owned(dead)`/`Cached(dead)` (reclaimed by
+//! owner) or `Free` and on no list (reclaimed because, with the lists still and
+//! every live process outside its transfers, no live process can be holding it).
+
+use std::cell::Cell;
+use std::collections::HashSet;
+
+use crate::loom::Ordering;
+use crate::sync::{Context, LockError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::{AtomicTagged, Error, OwnerTag, Result};
+
+use super::class::{CLASSES, GEOMETRY};
+use super::list;
+use super::mem::{Loc, Mem};
+use super::owner::{BlockState, FREE_WORD};
+
+/// Reader entries of the transfer lock (slots beyond it take the write side).
+pub const TRANSFER_READERS: usize = 128;
+
+/// The transfer lock's type.
+pub type TransferLock = RwLock<(), TRANSFER_READERS>;
+
+/// A held transfer lock: read mode normally, write mode for slots without a reader
+/// entry.
+pub enum TransferGuard<'a> {
+    /// Shared with other transfers.
+    Read(#[allow(dead_code)] RwLockReadGuard<'a, (), TRANSFER_READERS>),
+    /// Exclusive.
+    Write(#[allow(dead_code)] RwLockWriteGuard<'a, (), TRANSFER_READERS>),
+}
+
+/// Takes the transfer lock for a refill or flush.
+///
+/// # Errors
+///
+/// [`Error::ForkedHandle`]-like refusal for a handle naming nobody; a lock that
+/// can never be taken again is reported as corruption.
+pub fn transfer_lock<'a, C: Context>(rw: &'a TransferLock, cx: &'a C) -> Result<TransferGuard<'a>> {
+    match rw.read(cx) {
+        Ok(g) | Err(LockError::OwnerDied(g)) => Ok(TransferGuard::Read(g)),
+        Err(LockError::NoReaderEntry { .. }) => exclusive(rw, cx).map(TransferGuard::Write),
+        Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
+    }
+}
+
+/// Takes the transfer lock in write mode (reclaim, trim, verify). A previous
+/// writer that died is simply taken over: everything done under it is redone.
+///
+/// # Errors
+///
+/// As [`transfer_lock`].
+pub fn exclusive<'a, C: Context>(
+    rw: &'a TransferLock,
+    cx: &'a C,
+) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
+    match rw.write(cx) {
+        Ok(g) => Ok(g),
+        Err(LockError::OwnerDied(mut g)) => {
+            g.make_consistent();
+            Ok(g)
+        }
+        Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
+    }
+}
+
+/// The error for a heap lock that cannot be taken.
+pub fn lock_error(what: &'static str, e: LockError<()>) -> Error {
+    match e {
+        LockError::NotAttached => Error::InvalidArgument(
+            "this handle acts for no registry slot (forked without after_fork?)",
+        ),
+        LockError::TimedOut | LockError::WouldBlock => {
+            Error::corrupt(what, "timed out waiting for a live holder")
+        }
+        other => Error::corrupt(what, format!("cannot be acquired: {other:?}")),
+    }
+}
+
+/// A process-local cache of free blocks per class (their owner words say
+/// `Cached(me)`; the chain runs through word 0 of each block).
+#[derive(Debug)]
+pub struct Cache {
+    heads: [Cell<u64>; CLASSES],
+    counts: [Cell<u32>; CLASSES],
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            heads: std::array::from_fn(|_| Cell::new(0)),
+            counts: std::array::from_fn(|_| Cell::new(0)),
+        }
+    }
+}
+
+fn owner_word<M: Mem>(mem: &M, loc: Loc) -> Result<&crate::loom::AtomicU64> {
+    mem.word(loc.owner).ok_or_else(|| {
+        Error::corrupt(
+            "heap span",
+            format!("owner word {:#x} out of range", loc.owner),
+        )
+    })
+}
+
+impl Cache {
+    /// Blocks cached for class `c`.
+    pub fn count(&self, c: usize) -> u32 {
+        self.counts[c].get()
+    }
+
+    /// Takes a block of class `c` from the cache and tags it `Owned(me)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the cached chain was overwritten (the rest of the
+    /// class's cache is dropped: those blocks stay `Cached(me)` until reclaimed).
+    #[inline]
+    pub fn pop<M: Mem>(&self, mem: &M, c: usize, me: OwnerTag) -> Result<Option<u64>> {
+        let b = self.heads[c].get();
+        if b == 0 {
+            return Ok(None);
+        }
+        match self.take(mem, c, b, me) {
+            Ok(()) => Ok(Some(b)),
+            Err(e) => {
+                self.heads[c].set(0);
+                self.counts[c].set(0);
+                Err(e)
+            }
+        }
+    }
+
+    #[inline]
+    fn take<M: Mem>(&self, mem: &M, c: usize, b: u64, me: OwnerTag) -> Result<()> {
+        let loc = mem.locate(b).filter(|l| l.class == c).ok_or_else(|| {
+            Error::corrupt("heap cache", format!("{b:#x} is not a block of class {c}"))
+        })?;
+        let ow = owner_word(mem, loc)?;
+        if ow.load(Ordering::Relaxed) != BlockState::Cached(me).to_word() {
+            return Err(Error::corrupt(
+                "heap cache",
+                format!("cached block {b:#x} is no longer tagged as ours"),
+            ));
+        }
+        let next = list::link(mem, b)?.load(Ordering::Relaxed);
+        // A crash after this store leaves an Owned(me) block that reclaim frees.
+        ow.store(BlockState::Owned(me).to_word(), Ordering::Relaxed);
+        self.heads[c].set(next);
+        self.counts[c].set(self.counts[c].get().saturating_sub(1));
+        Ok(())
+    }
+
+    /// Links `b` (already tagged `Cached(me)`) into the cache; returns the new count.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if `b`'s link word is out of range.
+    #[inline]
+    pub fn push<M: Mem>(&self, mem: &M, c: usize, b: u64) -> Result<u32> {
+        list::link(mem, b)?.store(self.heads[c].get(), Ordering::Relaxed);
+        self.heads[c].set(b);
+        let n = self.counts[c].get().saturating_add(1);
+        self.counts[c].set(n);
+        Ok(n)
+    }
+
+    /// Puts a chain of `n` blocks (all `Cached(me)`, linked, ending in 0) in front.
+    fn splice<M: Mem>(&self, mem: &M, c: usize, first: u64, last: u64, n: u32) -> Result<()> {
+        list::link(mem, last)?.store(self.heads[c].get(), Ordering::Relaxed);
+        self.heads[c].set(first);
+        self.counts[c].set(self.counts[c].get().saturating_add(n));
+        Ok(())
+    }
+
+    /// Adopts a fresh chain of `Cached(me)` blocks (a new span), then flushes all but
+    /// one batch of it to the shared list.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Self::flush).
+    pub fn adopt_chain<M: Mem, C: Context>(
+        &self,
+        mem: &M,
+        head: &AtomicTagged,
+        rw: &TransferLock,
+        cx: &C,
+        c: usize,
+        (first, last, n): (u64, u64, u32),
+    ) -> Result<()> {
+        self.splice(mem, c, first, last, n)?;
+        self.flush(mem, head, rw, cx, c, GEOMETRY[c].batch)
+    }
+
+    /// Refills class `c` with one batch from the shared list; false if it is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] for a corrupt list; lock errors.
+    pub fn refill<M: Mem, C: Context>(
+        &self,
+        mem: &M,
+        head: &AtomicTagged,
+        rw: &TransferLock,
+        cx: &C,
+        c: usize,
+    ) -> Result<bool> {
+        let me = cx.me();
+        let _g = transfer_lock(rw, cx)?;
+        let Some((first, count)) = list::pop(mem, head, c)? else {
+            return Ok(false);
+        };
+        // Re-tag the chain; a bad link cuts it (what follows stays Free and
+        // unlisted, which reclaim repairs).
+        let max = u64::from(count.max(1)).min(GEOMETRY[c].blocks * 64);
+        let (mut b, mut last, mut n) = (first, 0u64, 0u32);
+        while b != 0 && u64::from(n) < max {
+            let Some(loc) = mem.locate(b).filter(|l| l.class == c) else {
+                break;
+            };
+            let ow = owner_word(mem, loc)?;
+            if ow.load(Ordering::Relaxed) != FREE_WORD {
+                break;
+            }
+            ow.store(BlockState::Cached(me).to_word(), Ordering::Relaxed);
+            last = b;
+            n += 1;
+            b = list::link(mem, b)?.load(Ordering::Relaxed);
+        }
+        if n == 0 {
+            return Err(Error::corrupt(
+                "heap free list",
+                format!("class {c}: popped batch {first:#x} holds no free block"),
+            ));
+        }
+        self.splice(mem, c, first, last, n)?;
+        Ok(true)
+    }
+
+    /// Moves all but `keep` cached blocks of class `c` to the shared list, in batches.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] for an overwritten cache chain; lock errors.
+    pub fn flush<M: Mem, C: Context>(
+        &self,
+        mem: &M,
+        head: &AtomicTagged,
+        rw: &TransferLock,
+        cx: &C,
+        c: usize,
+        keep: u32,
+    ) -> Result<()> {
+        if self.counts[c].get() <= keep {
+            return Ok(());
+        }
+        let _g = transfer_lock(rw, cx)?;
+        let batch = GEOMETRY[c].batch;
+        while self.counts[c].get() > keep {
+            let n = (self.counts[c].get() - keep).min(batch);
+            let first = self.heads[c].get();
+            // Unlink n blocks locally (they stay Cached(me): a crash here leaves
+            // them to reclaim), then mark them Free and push them.
+            let mut last = first;
+            let mut chain = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                if i > 0 {
+                    last = list::link(mem, last)?.load(Ordering::Relaxed);
+                }
+                let loc = mem.locate(last).filter(|l| l.class == c);
+                let Some(loc) = loc else {
+                    self.heads[c].set(0);
+                    self.counts[c].set(0);
+                    return Err(Error::corrupt(
+                        "heap cache",
+                        format!("class {c}: cached chain reaches {last:#x}"),
+                    ));
+                };
+                chain.push(owner_word(mem, loc)?);
+            }
+            let link = list::link(mem, last)?;
+            self.heads[c].set(link.load(Ordering::Relaxed));
+            self.counts[c].set(self.counts[c].get() - n);
+            link.store(0, Ordering::Relaxed);
+            for ow in chain {
+                ow.store(FREE_WORD, Ordering::Relaxed);
+            }
+            list::push(mem, head, first, n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Frees the small block `b` (at `loc`) into `cache`: the CAS from a used state to
+/// `Cached(me)` is the commit point. Returns the class's new cache count.
+///
+/// # Errors
+///
+/// [`Error::BadBlock`] for a block that is not handed out (double free, never
+/// allocated); [`Error::Corrupt`] for a corrupt owner word.
+#[inline]
+pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag) -> Result<u32> {
+    let ow = owner_word(mem, loc)?;
+    let mine = BlockState::Cached(me).to_word();
+    let mut w = ow.load(Ordering::Relaxed);
+    loop {
+        match BlockState::from_word(w) {
+            Some(BlockState::Owned(_) | BlockState::Shared) => {}
+            Some(BlockState::Cached(_) | BlockState::Free) => {
+                return Err(Error::BadBlock {
+                    offset: b,
+                    reason: "not allocated (double free?)",
+                });
+            }
+            None => {
+                return Err(Error::corrupt(
+                    "heap owner word",
+                    format!("block {b:#x}: {w:#018x}"),
+                ));
+            }
+        }
+        // SYNC: Acquire pairs with the Release of whoever last handed the block on
+        // (a publish), so their writes to it happen before our reuse.
+        match ow.compare_exchange(w, mine, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(seen) => w = seen,
+        }
+    }
+    cache.push(mem, loc.class, b)
+}
+
+/// What [`reclaim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Blocks returned to the free lists (including the unlisted ones).
+    pub blocks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Free blocks that were on no list (a transfer cut short by a death).
+    pub unlisted: u64,
+    /// The dead owners whose blocks came back.
+    pub owners: Vec<OwnerTag>,
+}
+
+/// Returns to the shared lists every small block whose owner word names a dead
+/// owner, and every Free block on no list. The caller holds the transfer lock in
+/// write mode, so the lists are still and no live process is mid-transfer.
+/// `blocks` yields every small block `(offset, class)`.
+///
+/// # Errors
+///
+/// [`Error::Corrupt`] for a corrupt list (nothing is changed then).
+pub fn reclaim<M: Mem>(
+    mem: &M,
+    heads: &[&AtomicTagged],
+    blocks: impl Iterator<Item = (u64, usize)>,
+    budget: u64,
+    mut is_dead: impl FnMut(OwnerTag) -> bool,
+) -> Result<Reclaimed> {
+    let mut listed = HashSet::new();
+    for (c, head) in heads.iter().enumerate().take(CLASSES) {
+        list::walk(mem, head, c, budget, |b| listed.insert(b))?;
+    }
+    let mut out = Reclaimed::default();
+    let mut back: Vec<Vec<u64>> = vec![Vec::new(); CLASSES];
+    for (b, c) in blocks {
+        let Some(loc) = mem.locate(b) else { continue };
+        let Some(ow) = mem.word(loc.owner) else {
+            continue;
+        };
+        let w = ow.load(Ordering::Acquire);
+        match BlockState::from_word(w) {
+            Some(BlockState::Free) if !listed.contains(&b) => {
+                out.unlisted += 1;
+                back[c].push(b);
+            }
+            Some(s) => {
+                let Some(t) = s.private_owner() else { continue };
+                if !is_dead(t) {
+                    continue;
+                }
+                // A live process may free a dead owner's block concurrently: the
+                // CAS decides.
+                if ow
+                    .compare_exchange(w, FREE_WORD, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    if !out.owners.contains(&t) {
+                        out.owners.push(t);
+                    }
+                    back[c].push(b);
+                }
+            }
+            None => {}
+        }
+    }
+    for (c, blocks) in back.iter().enumerate() {
+        let g = &GEOMETRY[c];
+        for chunk in blocks.chunks(g.batch as usize) {
+            for pair in chunk.windows(2) {
+                list::link(mem, pair[0])?.store(pair[1], Ordering::Relaxed);
+            }
+            let last = chunk[chunk.len() - 1];
+            list::link(mem, last)?.store(0, Ordering::Relaxed);
+            list::push(mem, heads[c], chunk[0], chunk.len() as u32)?;
+            out.blocks += chunk.len() as u64;
+            out.bytes += chunk.len() as u64 * g.size;
+        }
+    }
+    Ok(out)
+}

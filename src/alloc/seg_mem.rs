@@ -1,0 +1,389 @@
+//! The heap's view of its segment: checked word access, block lookup through the
+//! page table, and the heap header.
+#![allow(unsafe_code)]
+
+use std::cell::Cell;
+
+use crate::loom::{AtomicU64, Ordering};
+use crate::segment::Segment;
+use crate::sync::Mutex;
+use crate::{AtomicTagged, Error, PAGE_SIZE, Result, Tagged};
+
+use super::class::{CLASSES, GEOMETRY, block_index};
+use super::mem::{Loc, Mem};
+use super::pages::{self, Journal, MAX_PAGES, SPAN, Table};
+use super::pool::TransferLock;
+
+/// `state` of a heap whose header is built.
+pub const READY: u64 = 0x0048_4541_5052_4459; // "HEAPRDY"
+/// `state` bit of a heap being built (the builder's owner tag below it).
+pub const BUILDING: u64 = 1 << 63;
+/// Format version of the heap metadata.
+pub const VERSION: u64 = 1;
+/// Magic of the heap header.
+pub const MAGIC: u64 = 0x5041_4548_4b4d_4853; // "SHMKHEAP" little-endian
+
+/// A free-list head on its own cache line.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct Line {
+    /// The head.
+    pub head: AtomicTagged,
+}
+
+/// The heap header, at the first page boundary of the user region.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HeapHeader {
+    /// 0, `BUILDING | builder`, or `READY`.
+    pub state: AtomicU64,
+    /// Everything else, written once by the builder before `READY`.
+    pub body: HeapBody,
+}
+
+/// The header's body.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HeapBody {
+    /// [`MAGIC`].
+    pub magic: AtomicU64,
+    /// [`VERSION`].
+    pub version: AtomicU64,
+    /// The layout, as the builder computed it (checked against ours on attach).
+    pub layout: [AtomicU64; 5],
+    /// Pages in use (tiled by runs).
+    pub brk: AtomicU64,
+    /// Highest break ever.
+    pub hwm: AtomicU64,
+    /// Pages in free runs below the break.
+    pub free_pages: AtomicU64,
+    /// Journal of the page table.
+    pub journal: Journal,
+    /// Serialises page-table changes.
+    pub page_lock: Mutex<()>,
+    /// Read mode: free-list transfers. Write mode: reclaim, trim, verify.
+    pub transfer: TransferLock,
+    /// Free-list heads per class.
+    pub heads: [Line; CLASSES],
+}
+
+impl HeapBody {
+    fn new(lay: &Layout) -> Self {
+        Self {
+            magic: AtomicU64::new(MAGIC),
+            version: AtomicU64::new(VERSION),
+            layout: lay.words().map(AtomicU64::new),
+            brk: AtomicU64::new(0),
+            hwm: AtomicU64::new(0),
+            free_pages: AtomicU64::new(0),
+            journal: Journal::new(),
+            page_lock: Mutex::new(()),
+            transfer: TransferLock::new(()),
+            heads: std::array::from_fn(|_| Line {
+                head: AtomicTagged::new(Tagged::from_bits(0)),
+            }),
+        }
+    }
+}
+
+/// Where the heap's parts are, a pure function of the segment's user offset and
+/// maximum size (so every process computes it and nobody trusts a stored one).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Heap header.
+    pub heap_off: u64,
+    /// Run descriptors (8 bytes per page).
+    pub pd_off: u64,
+    /// Large-block owner words (8 bytes per page).
+    pub ow_off: u64,
+    /// First data page.
+    pub data_off: u64,
+    /// Data pages.
+    pub npages: u64,
+}
+
+impl Layout {
+    /// The layout for a segment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSize`] if the segment cannot hold a heap with one span.
+    pub fn new(user_offset: u64, max_size: u64) -> Result<Self> {
+        let too_small = || Error::InvalidSize {
+            size: max_size,
+            reason: "too small for a heap (needs room for its header, tables and a 256 KiB span)",
+        };
+        let heap_off = crate::layout::align_up(user_offset, PAGE_SIZE).ok_or_else(too_small)?;
+        let hdr = (size_of::<HeapHeader>() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let pd_off = heap_off + hdr;
+        let limit = max_size.min(Tagged::MAX_OFFSET);
+        let avail = limit.checked_sub(pd_off).ok_or_else(too_small)?;
+        let mut npages = (avail / (PAGE_SIZE + 16)).min(MAX_PAGES);
+        let data_off = loop {
+            let d = (pd_off + 16 * npages).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            if d + npages * PAGE_SIZE <= limit || npages == 0 {
+                break d;
+            }
+            npages -= 1;
+        };
+        if npages < 66 {
+            return Err(too_small());
+        }
+        Ok(Self {
+            heap_off,
+            pd_off,
+            ow_off: pd_off + 8 * npages,
+            data_off,
+            npages,
+        })
+    }
+
+    fn words(&self) -> [u64; 5] {
+        [
+            self.heap_off,
+            self.pd_off,
+            self.ow_off,
+            self.data_off,
+            self.npages,
+        ]
+    }
+}
+
+/// The heap's checked view of the segment.
+pub struct SegMem<'s> {
+    /// The segment.
+    pub seg: &'s Segment,
+    base: *mut u8,
+    /// The layout.
+    pub lay: Layout,
+    /// Committed bytes as last seen (grows only; refreshed on a miss).
+    committed: Cell<u64>,
+    /// The header body.
+    pub hdr: &'s HeapBody,
+}
+
+impl std::fmt::Debug for SegMem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegMem").field("lay", &self.lay).finish()
+    }
+}
+
+impl<'s> SegMem<'s> {
+    /// Attaches to (building if needed) the heap of `seg`.
+    ///
+    /// # Errors
+    ///
+    /// Layout, commit and corruption errors; [`Error::NotReady`] if another
+    /// process is building it and does not finish in time.
+    pub fn attach(seg: &'s Segment) -> Result<Self> {
+        let lay = Layout::new(seg.user_offset(), seg.max_size())?;
+        if seg.committed() < lay.data_off {
+            seg.commit(lay.data_off)?;
+        }
+        let base = seg.as_ptr();
+        // SAFETY: heap_off is page-aligned, and heap_off + size_of::<HeapHeader>()
+        // <= pd_off <= data_off <= committed <= the mapping's length; the header is
+        // atomics and robust locks only (any bits valid, shared access is their
+        // purpose); the reference borrows `seg`, which keeps the mapping.
+        let header = unsafe { &*base.add(lay.heap_off as usize).cast::<HeapHeader>() };
+        let me = seg.owner_tag();
+        if me.is_nobody() {
+            return Err(Error::InvalidArgument(
+                "this handle acts for no registry slot (forked without after_fork?)",
+            ));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            // SYNC: Acquire pairs with the Release store of READY below (in the
+            // builder): the body is complete before we read it.
+            let s = header.state.load(Ordering::Acquire);
+            if s == READY {
+                break;
+            }
+            let take = if s == 0 {
+                true
+            } else if s & BUILDING != 0 {
+                !seg.is_owner_alive(crate::OwnerTag::from_word(s))
+            } else {
+                return Err(Error::corrupt("heap header", format!("state {s:#x}")));
+            };
+            if take
+                && header
+                    .state
+                    .compare_exchange(
+                        s,
+                        BUILDING | me.bits(),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                let body = std::ptr::addr_of!(header.body).cast_mut();
+                // SAFETY: we won the BUILDING state, so no process reads the body
+                // until READY (attachers wait on `state`); the place is in bounds
+                // and aligned as above.
+                unsafe { body.write(HeapBody::new(&lay)) };
+                // SYNC: Release publishes the body; pairs with the Acquire above.
+                header.state.store(READY, Ordering::Release);
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    state: (s >> 32) as u32,
+                    waited: std::time::Duration::from_secs(2),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let hdr = &header.body;
+        if hdr.magic.load(Ordering::Relaxed) != MAGIC {
+            return Err(Error::corrupt("heap header", "bad magic"));
+        }
+        let version = hdr.version.load(Ordering::Relaxed);
+        if version != VERSION {
+            return Err(Error::corrupt(
+                "heap header",
+                format!("format version {version}, this build reads {VERSION}"),
+            ));
+        }
+        let stored = hdr.layout.each_ref().map(|w| w.load(Ordering::Relaxed));
+        if stored != lay.words() {
+            return Err(Error::corrupt(
+                "heap header",
+                format!(
+                    "layout {stored:?} differs from this segment's {:?}",
+                    lay.words()
+                ),
+            ));
+        }
+        Ok(Self {
+            seg,
+            base,
+            lay,
+            committed: Cell::new(seg.committed()),
+            hdr,
+        })
+    }
+
+    /// Makes sure data pages `[0, end)` are committed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoSpace`] from the backing store.
+    pub fn ensure_pages(&self, end: u64) -> Result<()> {
+        let need = self.lay.data_off + end * PAGE_SIZE;
+        if need <= self.committed.get() {
+            return Ok(());
+        }
+        let c = self.seg.committed();
+        if need > c {
+            // Grow in steps of at least 1 MiB (or an eighth) to keep syscalls rare.
+            let step = (c / 8).max(1 << 20);
+            let want = need.max(c + step).min(self.seg.max_size());
+            self.seg.commit(want).or_else(|_| self.seg.commit(need))?;
+        }
+        self.committed.set(self.seg.committed());
+        Ok(())
+    }
+
+    /// Free-list head of class `c`.
+    #[inline]
+    pub fn head(&self, c: usize) -> &AtomicTagged {
+        &self.hdr.heads[c].head
+    }
+
+    /// All heads, as a slice of lines (see [`heads`](Self::heads)).
+    pub fn heads(&self) -> Vec<&AtomicTagged> {
+        self.hdr.heads.iter().map(|l| &l.head).collect()
+    }
+
+    #[inline]
+    fn table_word(&self, base: u64, page: u64) -> &AtomicU64 {
+        let page = page.min(self.lay.npages - 1);
+        // SAFETY: page < npages, so base + 8 * page lies in the table, which is
+        // below data_off <= committed <= the mapping's length; 8-aligned; the words
+        // are only ever accessed as AtomicU64.
+        unsafe {
+            &*self
+                .base
+                .add((base + 8 * page) as usize)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    /// Offset of data page `page`.
+    #[inline]
+    pub fn page_off(&self, page: u64) -> u64 {
+        self.lay.data_off + page * PAGE_SIZE
+    }
+
+    /// Pointer to offset `off` (no checks: callers checked it is a live block).
+    #[inline]
+    pub fn ptr(&self, off: u64) -> *mut u8 {
+        self.base.wrapping_add(off as usize)
+    }
+}
+
+impl Mem for SegMem<'_> {
+    #[inline]
+    fn word(&self, off: u64) -> Option<&AtomicU64> {
+        if off % 8 != 0 || off < self.lay.heap_off {
+            return None;
+        }
+        let end = off.checked_add(8)?;
+        if end > self.committed.get() {
+            self.committed.set(self.seg.committed());
+            if end > self.committed.get() {
+                return None;
+            }
+        }
+        // SAFETY: heap_off <= off and off + 8 <= committed <= the mapping's length;
+        // 8-aligned; heap words (links, owner words) are only accessed as atomics by
+        // this crate (users' own accesses to block memory are to blocks they hold).
+        Some(unsafe { &*self.base.add(off as usize).cast::<AtomicU64>() })
+    }
+
+    #[inline]
+    fn locate(&self, off: u64) -> Option<Loc> {
+        let rel = off.checked_sub(self.lay.data_off)?;
+        let r = pages::run_at(self, rel / PAGE_SIZE)?;
+        if r.kind != SPAN {
+            return None;
+        }
+        let g = &GEOMETRY[r.class];
+        if r.len != g.pages {
+            return None;
+        }
+        let span = self.page_off(r.start);
+        let delta = off.checked_sub(span + g.meta_pages * PAGE_SIZE)?;
+        let idx = block_index(r.class, delta)?;
+        Some(Loc {
+            class: r.class,
+            owner: span + 8 * idx,
+        })
+    }
+}
+
+impl Table for SegMem<'_> {
+    fn pages(&self) -> u64 {
+        self.lay.npages
+    }
+    fn desc(&self, page: u64) -> &AtomicU64 {
+        self.table_word(self.lay.pd_off, page)
+    }
+    fn owner(&self, page: u64) -> &AtomicU64 {
+        self.table_word(self.lay.ow_off, page)
+    }
+    fn brk(&self) -> &AtomicU64 {
+        &self.hdr.brk
+    }
+    fn hwm(&self) -> &AtomicU64 {
+        &self.hdr.hwm
+    }
+    fn free_pages(&self) -> &AtomicU64 {
+        &self.hdr.free_pages
+    }
+    fn journal(&self) -> &Journal {
+        &self.hdr.journal
+    }
+}
