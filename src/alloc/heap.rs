@@ -10,6 +10,7 @@ use crate::sync::{LockError, MutexGuard};
 use crate::{Error, OwnerTag, PAGE_SIZE, Result};
 
 use super::class::{CLASSES, GEOMETRY, class_of};
+use super::large_cache::{LargeCache, MAX_RUN_PAGES};
 use super::list;
 use super::mem::Mem;
 use super::owner::{BlockState, FREE_WORD};
@@ -53,6 +54,7 @@ use super::seg_mem::SegMem;
 pub struct Heap<'s> {
     pub(crate) mem: SegMem<'s>,
     cache: Cache,
+    large: LargeCache,
 }
 
 impl std::fmt::Debug for Heap<'_> {
@@ -86,6 +88,7 @@ impl<'s> Heap<'s> {
         Ok(Self {
             mem: SegMem::attach(seg)?,
             cache: Cache::default(),
+            large: LargeCache::default(),
         })
     }
 
@@ -157,14 +160,20 @@ impl<'s> Heap<'s> {
                 .refill(&self.mem, head, &self.mem.hdr.transfer, self.mem.seg, c)?
             {
                 match self.carve(c, me) {
-                    Ok(chain) => self.cache.adopt_chain(
-                        &self.mem,
-                        head,
-                        &self.mem.hdr.transfer,
-                        self.mem.seg,
-                        c,
-                        chain,
-                    )?,
+                    Ok(span) => {
+                        let g = GEOMETRY[c];
+                        let blocks = span + g.meta_pages * PAGE_SIZE;
+                        self.cache.adopt(
+                            &self.mem,
+                            head,
+                            &self.mem.hdr.transfer,
+                            self.mem.seg,
+                            c,
+                            (0..g.blocks)
+                                .rev()
+                                .map(|i| (blocks + i * g.size, span + 8 * i)),
+                        )?;
+                    }
                     Err(Error::OutOfMemory { .. }) if attempt == 0 => {
                         self.recover_space()?;
                         continue;
@@ -183,6 +192,7 @@ impl<'s> Heap<'s> {
     /// level, before an out-of-memory error.
     #[cold]
     fn recover_space(&self) -> Result<()> {
+        self.flush_large()?;
         self.reclaim_dead()?;
         self.trim()?;
         Ok(())
@@ -237,13 +247,13 @@ impl<'s> Heap<'s> {
         Ok(start)
     }
 
-    /// Carves a span of class `c`; returns its blocks as a chain tagged `Cached(me)`.
-    fn carve(&self, c: usize, me: OwnerTag) -> Result<(u64, u64, u32)> {
+    /// Carves a span of class `c` whose blocks are all `Cached(me)`; returns its
+    /// offset.
+    fn carve(&self, c: usize, me: OwnerTag) -> Result<u64> {
         let g = GEOMETRY[c];
         let _pl = self.page_lock()?;
         let cached = BlockState::Cached(me).to_word();
-        let mut chain = (0, 0, 0);
-        self.take_pages(
+        let start = self.take_pages(
             g.pages,
             SPAN,
             c,
@@ -251,24 +261,41 @@ impl<'s> Heap<'s> {
                 // The pages are not a span until the commit: a crash here leaves
                 // them free, whatever we wrote.
                 let span = self.mem.page_off(start);
-                let blocks = span + g.meta_pages * PAGE_SIZE;
                 for i in 0..g.blocks {
-                    let b = blocks + i * g.size;
-                    let next = if i + 1 < g.blocks { b + g.size } else { 0 };
                     word(&self.mem, span + 8 * i)?.store(cached, Ordering::Relaxed);
-                    word(&self.mem, b)?.store(next, Ordering::Relaxed);
                 }
-                chain = (blocks, blocks + (g.blocks - 1) * g.size, g.blocks as u32);
                 Ok(())
             },
             |_| Vec::new(),
         )?;
-        Ok(chain)
+        Ok(self.mem.page_off(start))
     }
 
     #[cold]
     fn alloc_large(&self, size: u64, me: OwnerTag) -> Result<u64> {
         let n = size.div_ceil(PAGE_SIZE);
+        if n <= MAX_RUN_PAGES {
+            while let Some(start) = self.large.take(n) {
+                let ow = self.mem.owner(start);
+                let ok = pages::run_at(&self.mem, start)
+                    .is_some_and(|r| r.kind == LARGE && r.start == start && r.len == n);
+                // SYNC: Acquire pairs with our own Release in `free_large`; the CAS
+                // also catches a peer that rewrote the word (the run is then left
+                // alone: a tampered cache entry is dropped).
+                if ok
+                    && ow
+                        .compare_exchange(
+                            BlockState::Cached(me).to_word(),
+                            BlockState::Owned(me).to_word(),
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    return Ok(self.mem.page_off(start));
+                }
+            }
+        }
         for attempt in 0..2 {
             let r = {
                 let _pl = self.page_lock()?;
@@ -320,8 +347,9 @@ impl<'s> Heap<'s> {
         match self.mem.locate(off) {
             Some(loc) => {
                 let n = pool::free_small(&self.mem, &self.cache, off, loc, me)?;
-                if n > 2 * GEOMETRY[loc.class].batch {
-                    self.flush_class(loc.class, GEOMETRY[loc.class].batch)?;
+                let batch = GEOMETRY[loc.class].batch as usize;
+                if n > 2 * batch {
+                    self.flush_class(loc.class, batch)?;
                 }
                 Ok(())
             }
@@ -330,7 +358,7 @@ impl<'s> Heap<'s> {
     }
 
     #[cold]
-    fn flush_class(&self, c: usize, keep: u32) -> Result<()> {
+    fn flush_class(&self, c: usize, keep: usize) -> Result<()> {
         self.cache.flush(
             &self.mem,
             self.mem.head(c),
@@ -353,18 +381,53 @@ impl<'s> Heap<'s> {
 
     #[cold]
     fn free_large(&self, off: u64, me: OwnerTag) -> Result<()> {
-        let _pl = self.page_lock()?;
-        let r = self.large_at(off).ok_or(Error::BadBlock {
+        let bad = || Error::BadBlock {
             offset: off,
             reason: "not the start of a block of this heap",
-        })?;
-        claim(self.mem.owner(r.start), off, me)?;
+        };
+        let r = self.large_at(off).ok_or_else(bad)?;
+        if self.large.has_room(r.len) {
+            // Keep the run: the CAS to Cached(me) is the commit point.
+            claim(self.mem.owner(r.start), off, BlockState::Cached(me))?;
+            self.large.put(r.start, r.len);
+            return Ok(());
+        }
+        let _pl = self.page_lock()?;
+        let r = self.large_at(off).ok_or_else(bad)?;
+        claim(self.mem.owner(r.start), off, BlockState::Owned(me))?;
+        self.release_run(r);
+        Ok(())
+    }
+
+    /// Frees large run `r` at the page level (page lock held, owner word claimed).
+    fn release_run(&self, r: Run) {
         let mut ops = pages::free_ops(&self.mem, r);
         ops.push(Op::Owner {
             page: r.start,
             word: FREE_WORD,
         });
         pages::commit(&self.mem, &ops);
+    }
+
+    /// Gives the cached large runs back to the page level.
+    fn flush_large(&self) -> Result<()> {
+        let runs = self.large.drain();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let me = self.me()?;
+        let _pl = self.page_lock()?;
+        for (start, n) in runs {
+            let Some(r) = pages::run_at(&self.mem, start)
+                .filter(|r| r.kind == LARGE && r.start == start && r.len == n)
+            else {
+                continue;
+            };
+            let cached = BlockState::Cached(me).to_word();
+            if self.mem.owner(start).load(Ordering::Acquire) == cached {
+                self.release_run(r);
+            }
+        }
         Ok(())
     }
 
@@ -717,7 +780,7 @@ impl<'s> Heap<'s> {
         for c in 0..CLASSES {
             self.flush_class(c, 0)?;
         }
-        Ok(())
+        self.flush_large()
     }
 
     /// Every run of the tiling, in order (bounded by the break).
@@ -772,19 +835,14 @@ fn used(w: u64, off: u64) -> Result<()> {
     }
 }
 
-/// CASes a used owner word to `Owned(me)` (the commit point of a large free).
-fn claim(ow: &AtomicU64, off: u64, me: OwnerTag) -> Result<()> {
+/// CASes a used owner word to `to` (the commit point of a large free).
+fn claim(ow: &AtomicU64, off: u64, to: BlockState) -> Result<()> {
     let mut w = ow.load(Ordering::Acquire);
     loop {
         used(w, off)?;
         // SYNC: Acquire pairs with the Release of a publish (the last user's writes
         // happen before the block is reused).
-        match ow.compare_exchange(
-            w,
-            BlockState::Owned(me).to_word(),
-            Ordering::Acquire,
-            Ordering::Acquire,
-        ) {
+        match ow.compare_exchange(w, to.to_word(), Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => return Ok(()),
             Err(seen) => w = seen,
         }

@@ -45,6 +45,7 @@
 mod boxed;
 mod class;
 mod heap;
+mod large_cache;
 mod list;
 mod mem;
 mod owner;

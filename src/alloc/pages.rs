@@ -221,7 +221,9 @@ fn apply<T: Table>(t: &T, ops: &[Op]) {
             Op::Brk(b) => {
                 if b <= t.pages() {
                     t.brk().store(b, Ordering::Release);
-                    t.hwm().fetch_max(b, Ordering::Relaxed);
+                    if t.hwm().load(Ordering::Relaxed) < b {
+                        t.hwm().store(b, Ordering::Relaxed); // under the page lock
+                    }
                 }
             }
             Op::FreePages(n) => t.free_pages().store(n, Ordering::Relaxed),

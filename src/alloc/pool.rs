@@ -16,7 +16,7 @@
 //! owner) or `Free` and on no list (reclaimed because, with the lists still and
 //! every live process outside its transfers, no live process can be holding it).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::HashSet;
 
 use crate::loom::Ordering;
@@ -90,119 +90,82 @@ pub fn lock_error(what: &'static str, e: LockError<()>) -> Error {
     }
 }
 
-/// A process-local cache of free blocks per class (their owner words say
-/// `Cached(me)`; the chain runs through word 0 of each block).
+/// A process-local cache of free blocks per class: a stack of (block, owner word)
+/// pairs in this process's memory, so a peer cannot tamper with it; the blocks'
+/// owner words say `Cached(me)`, which is all recovery needs.
 #[derive(Debug)]
 pub struct Cache {
-    heads: [Cell<u64>; CLASSES],
-    counts: [Cell<u32>; CLASSES],
+    stacks: RefCell<[Vec<(u64, u64)>; CLASSES]>,
 }
 
 impl Default for Cache {
     fn default() -> Self {
         Self {
-            heads: std::array::from_fn(|_| Cell::new(0)),
-            counts: std::array::from_fn(|_| Cell::new(0)),
+            stacks: RefCell::new(std::array::from_fn(|_| Vec::new())),
         }
     }
 }
 
-fn owner_word<M: Mem>(mem: &M, loc: Loc) -> Result<&crate::loom::AtomicU64> {
-    mem.word(loc.owner).ok_or_else(|| {
-        Error::corrupt(
-            "heap span",
-            format!("owner word {:#x} out of range", loc.owner),
-        )
-    })
+fn owner_word<M: Mem>(mem: &M, at: u64) -> Result<&crate::loom::AtomicU64> {
+    mem.word(at)
+        .ok_or_else(|| Error::corrupt("heap span", format!("owner word {at:#x} out of range")))
 }
 
 impl Cache {
     /// Blocks cached for class `c`.
-    pub fn count(&self, c: usize) -> u32 {
-        self.counts[c].get()
+    pub fn count(&self, c: usize) -> usize {
+        self.stacks.borrow()[c].len()
     }
 
     /// Takes a block of class `c` from the cache and tags it `Owned(me)`.
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the cached chain was overwritten (the rest of the
-    /// class's cache is dropped: those blocks stay `Cached(me)` until reclaimed).
+    /// [`Error::Corrupt`] if the block's owner word no longer says `Cached(me)` (a
+    /// peer wrote it; the block is dropped from the cache).
     #[inline]
     pub fn pop<M: Mem>(&self, mem: &M, c: usize, me: OwnerTag) -> Result<Option<u64>> {
-        let b = self.heads[c].get();
-        if b == 0 {
+        let Some((b, at)) = self.stacks.borrow_mut()[c].pop() else {
             return Ok(None);
-        }
-        match self.take(mem, c, b, me) {
-            Ok(()) => Ok(Some(b)),
-            Err(e) => {
-                self.heads[c].set(0);
-                self.counts[c].set(0);
-                Err(e)
-            }
-        }
-    }
-
-    #[inline]
-    fn take<M: Mem>(&self, mem: &M, c: usize, b: u64, me: OwnerTag) -> Result<()> {
-        let loc = mem.locate(b).filter(|l| l.class == c).ok_or_else(|| {
-            Error::corrupt("heap cache", format!("{b:#x} is not a block of class {c}"))
-        })?;
-        let ow = owner_word(mem, loc)?;
+        };
+        let ow = owner_word(mem, at)?;
         if ow.load(Ordering::Relaxed) != BlockState::Cached(me).to_word() {
             return Err(Error::corrupt(
                 "heap cache",
                 format!("cached block {b:#x} is no longer tagged as ours"),
             ));
         }
-        let next = list::link(mem, b)?.load(Ordering::Relaxed);
         // A crash after this store leaves an Owned(me) block that reclaim frees.
         ow.store(BlockState::Owned(me).to_word(), Ordering::Relaxed);
-        self.heads[c].set(next);
-        self.counts[c].set(self.counts[c].get().saturating_sub(1));
-        Ok(())
+        Ok(Some(b))
     }
 
-    /// Links `b` (already tagged `Cached(me)`) into the cache; returns the new count.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Corrupt`] if `b`'s link word is out of range.
+    /// Adds block `b` (owner word at `owner`, already `Cached(me)`); returns the
+    /// class's new count.
     #[inline]
-    pub fn push<M: Mem>(&self, mem: &M, c: usize, b: u64) -> Result<u32> {
-        list::link(mem, b)?.store(self.heads[c].get(), Ordering::Relaxed);
-        self.heads[c].set(b);
-        let n = self.counts[c].get().saturating_add(1);
-        self.counts[c].set(n);
-        Ok(n)
+    pub fn push(&self, c: usize, b: u64, owner: u64) -> usize {
+        let mut s = self.stacks.borrow_mut();
+        s[c].push((b, owner));
+        s[c].len()
     }
 
-    /// Puts a chain of `n` blocks (all `Cached(me)`, linked, ending in 0) in front.
-    fn splice<M: Mem>(&self, mem: &M, c: usize, first: u64, last: u64, n: u32) -> Result<()> {
-        list::link(mem, last)?.store(self.heads[c].get(), Ordering::Relaxed);
-        self.heads[c].set(first);
-        self.counts[c].set(self.counts[c].get().saturating_add(n));
-        Ok(())
-    }
-
-    /// Adopts a fresh chain of `Cached(me)` blocks (a new span), then flushes all but
-    /// one batch of it to the shared list.
+    /// Adds every block of a fresh span (owner words already `Cached(me)`), then
+    /// flushes all but one batch of it to the shared list.
     ///
     /// # Errors
     ///
     /// As [`flush`](Self::flush).
-    pub fn adopt_chain<M: Mem, C: Context>(
+    pub fn adopt<M: Mem, C: Context>(
         &self,
         mem: &M,
         head: &AtomicTagged,
         rw: &TransferLock,
         cx: &C,
         c: usize,
-        (first, last, n): (u64, u64, u32),
+        blocks: impl Iterator<Item = (u64, u64)>,
     ) -> Result<()> {
-        self.splice(mem, c, first, last, n)?;
-        self.flush(mem, head, rw, cx, c, GEOMETRY[c].batch)
+        self.stacks.borrow_mut()[c].extend(blocks);
+        self.flush(mem, head, rw, cx, c, GEOMETRY[c].batch as usize)
     }
 
     /// Refills class `c` with one batch from the shared list; false if it is empty.
@@ -226,35 +189,39 @@ impl Cache {
         // Re-tag the chain; a bad link cuts it (what follows stays Free and
         // unlisted, which reclaim repairs).
         let max = u64::from(count.max(1)).min(GEOMETRY[c].blocks * 64);
-        let (mut b, mut last, mut n) = (first, 0u64, 0u32);
-        while b != 0 && u64::from(n) < max {
+        let mut stacks = self.stacks.borrow_mut();
+        let stack = &mut stacks[c];
+        let before = stack.len();
+        let (mut b, mut n) = (first, 0u64);
+        while b != 0 && n < max {
             let Some(loc) = mem.locate(b).filter(|l| l.class == c) else {
                 break;
             };
-            let ow = owner_word(mem, loc)?;
+            let ow = owner_word(mem, loc.owner)?;
             if ow.load(Ordering::Relaxed) != FREE_WORD {
                 break;
             }
+            let next = list::link(mem, b)?.load(Ordering::Relaxed);
             ow.store(BlockState::Cached(me).to_word(), Ordering::Relaxed);
-            last = b;
+            stack.push((b, loc.owner));
             n += 1;
-            b = list::link(mem, b)?.load(Ordering::Relaxed);
+            b = next;
         }
-        if n == 0 {
+        if stack.len() == before {
             return Err(Error::corrupt(
                 "heap free list",
                 format!("class {c}: popped batch {first:#x} holds no free block"),
             ));
         }
-        self.splice(mem, c, first, last, n)?;
         Ok(true)
     }
 
-    /// Moves all but `keep` cached blocks of class `c` to the shared list, in batches.
+    /// Moves all but `keep` cached blocks of class `c` (the oldest) to the shared
+    /// list, in batches.
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] for an overwritten cache chain; lock errors.
+    /// [`Error::Corrupt`] for a block whose link word is out of range; lock errors.
     pub fn flush<M: Mem, C: Context>(
         &self,
         mem: &M,
@@ -262,43 +229,29 @@ impl Cache {
         rw: &TransferLock,
         cx: &C,
         c: usize,
-        keep: u32,
+        keep: usize,
     ) -> Result<()> {
-        if self.counts[c].get() <= keep {
+        if self.count(c) <= keep {
             return Ok(());
         }
         let _g = transfer_lock(rw, cx)?;
-        let batch = GEOMETRY[c].batch;
-        while self.counts[c].get() > keep {
-            let n = (self.counts[c].get() - keep).min(batch);
-            let first = self.heads[c].get();
-            // Unlink n blocks locally (they stay Cached(me): a crash here leaves
-            // them to reclaim), then mark them Free and push them.
-            let mut last = first;
-            let mut chain = Vec::with_capacity(n as usize);
-            for i in 0..n {
-                if i > 0 {
-                    last = list::link(mem, last)?.load(Ordering::Relaxed);
-                }
-                let loc = mem.locate(last).filter(|l| l.class == c);
-                let Some(loc) = loc else {
-                    self.heads[c].set(0);
-                    self.counts[c].set(0);
-                    return Err(Error::corrupt(
-                        "heap cache",
-                        format!("class {c}: cached chain reaches {last:#x}"),
-                    ));
-                };
-                chain.push(owner_word(mem, loc)?);
+        let batch = GEOMETRY[c].batch as usize;
+        let mut stacks = self.stacks.borrow_mut();
+        let stack = &mut stacks[c];
+        while stack.len() > keep {
+            let n = (stack.len() - keep).min(batch);
+            // Out of the cache first (a crash leaves them Cached(me) for reclaim),
+            // then linked, marked Free (a crash leaves them Free and unlisted, for
+            // reclaim too), then pushed.
+            let chunk: Vec<(u64, u64)> = stack.drain(..n).collect();
+            for (k, &(b, _)) in chunk.iter().enumerate() {
+                let next = chunk.get(k + 1).map_or(0, |&(nb, _)| nb);
+                list::link(mem, b)?.store(next, Ordering::Relaxed);
             }
-            let link = list::link(mem, last)?;
-            self.heads[c].set(link.load(Ordering::Relaxed));
-            self.counts[c].set(self.counts[c].get() - n);
-            link.store(0, Ordering::Relaxed);
-            for ow in chain {
-                ow.store(FREE_WORD, Ordering::Relaxed);
+            for &(_, at) in &chunk {
+                owner_word(mem, at)?.store(FREE_WORD, Ordering::Relaxed);
             }
-            list::push(mem, head, first, n)?;
+            list::push(mem, head, chunk[0].0, n as u32)?;
         }
         Ok(())
     }
@@ -312,11 +265,18 @@ impl Cache {
 /// [`Error::BadBlock`] for a block that is not handed out (double free, never
 /// allocated); [`Error::Corrupt`] for a corrupt owner word.
 #[inline]
-pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag) -> Result<u32> {
-    let ow = owner_word(mem, loc)?;
+pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag) -> Result<usize> {
+    let ow = owner_word(mem, loc.owner)?;
     let mine = BlockState::Cached(me).to_word();
-    let mut w = ow.load(Ordering::Relaxed);
+    // The common case first: our own block.
+    let mut w = BlockState::Owned(me).to_word();
     loop {
+        // SYNC: Acquire pairs with the Release of whoever last handed the block on
+        // (a publish), so their writes to it happen before our reuse.
+        match ow.compare_exchange(w, mine, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(seen) => w = seen,
+        }
         match BlockState::from_word(w) {
             Some(BlockState::Owned(_) | BlockState::Shared) => {}
             Some(BlockState::Cached(_) | BlockState::Free) => {
@@ -332,14 +292,8 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
                 ));
             }
         }
-        // SYNC: Acquire pairs with the Release of whoever last handed the block on
-        // (a publish), so their writes to it happen before our reuse.
-        match ow.compare_exchange(w, mine, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => break,
-            Err(seen) => w = seen,
-        }
     }
-    cache.push(mem, loc.class, b)
+    Ok(cache.push(loc.class, b, loc.owner))
 }
 
 /// What [`reclaim`] did.

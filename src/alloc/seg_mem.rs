@@ -297,7 +297,7 @@ impl<'s> SegMem<'s> {
         self.hdr.heads.iter().map(|l| &l.head).collect()
     }
 
-    #[inline]
+    #[inline(always)]
     fn table_word(&self, base: u64, page: u64) -> &AtomicU64 {
         let page = page.min(self.lay.npages - 1);
         // SAFETY: page < npages, so base + 8 * page lies in the table, which is
@@ -343,7 +343,7 @@ impl Mem for SegMem<'_> {
         Some(unsafe { &*self.base.add(off as usize).cast::<AtomicU64>() })
     }
 
-    #[inline]
+    #[inline(always)]
     fn locate(&self, off: u64) -> Option<Loc> {
         let rel = off.checked_sub(self.lay.data_off)?;
         let r = pages::run_at(self, rel / PAGE_SIZE)?;
@@ -365,15 +365,18 @@ impl Mem for SegMem<'_> {
 }
 
 impl Table for SegMem<'_> {
+    #[inline]
     fn pages(&self) -> u64 {
         self.lay.npages
     }
+    #[inline]
     fn desc(&self, page: u64) -> &AtomicU64 {
         self.table_word(self.lay.pd_off, page)
     }
     fn owner(&self, page: u64) -> &AtomicU64 {
         self.table_word(self.lay.ow_off, page)
     }
+    #[inline]
     fn brk(&self) -> &AtomicU64 {
         &self.hdr.brk
     }

@@ -249,6 +249,13 @@ impl Walk<'_, '_> {
                 o.owned_bytes += bytes;
                 self.stats.used += bytes;
             }
+            Some(BlockState::Cached(t)) => {
+                let o = self.owner(t);
+                o.cached_blocks += 1;
+                o.cached_bytes += bytes;
+                self.stats.free += bytes;
+                return;
+            }
             _ => {
                 self.bad(
                     "large block with a bad owner word",

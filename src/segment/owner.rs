@@ -35,6 +35,7 @@ impl OwnerTag {
     pub const MASK: u64 = SLOT_MASK | INC_MASK;
 
     /// The tag of `(slot, incarnation)`; `None` if the slot does not fit in 16 bits.
+    #[inline]
     pub fn new(slot: u32, incarnation: u64) -> Option<Self> {
         if slot > 0xffff {
             return None;
@@ -83,6 +84,7 @@ impl Segment {
     /// # Examples
     ///
     /// See [`OwnerTag`].
+    #[inline]
     pub fn owner_tag(&self) -> OwnerTag {
         if crate::segment::os::fork::current() != self.fork_gen {
             // An inherited handle in a forked child: it acts for nobody until
