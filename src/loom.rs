@@ -298,3 +298,55 @@ pub mod futex_model {
         TABLE.woken.notify_all();
     }
 }
+
+/// A point where a loom model may stop the calling thread as if its process were
+/// killed there (see [`crash`]). Always false outside loom (and compiled away).
+#[cfg(not(loom))]
+#[inline(always)]
+pub fn crash_point() -> bool {
+    false
+}
+
+/// A point where a loom model may stop the calling thread as if its process were
+/// killed there (see [`crash`]).
+#[cfg(loom)]
+pub fn crash_point() -> bool {
+    crash::hit()
+}
+
+/// Simulated kill -9 for loom models: a thread arms a budget of crash points; the
+/// point that exhausts it (and every later one) says "dead", and the code under
+/// test returns at once, leaving shared memory as a killed process would (guards
+/// it holds are forgotten, not released).
+#[cfg(loom)]
+pub mod crash {
+    use std::cell::Cell;
+
+    loom::thread_local! {
+        static BUDGET: Cell<Option<u32>> = Cell::new(None);
+    }
+
+    /// The calling thread dies at its `n`-th crash point from now (0: the next).
+    pub fn arm(n: u32) {
+        BUDGET.with(|b| b.set(Some(n)));
+    }
+
+    /// Whether the calling thread has died.
+    pub fn dead() -> bool {
+        BUDGET.with(|b| b.get() == Some(u32::MAX))
+    }
+
+    pub(crate) fn hit() -> bool {
+        BUDGET.with(|b| match b.get() {
+            None => false,
+            Some(0) | Some(u32::MAX) => {
+                b.set(Some(u32::MAX));
+                true
+            }
+            Some(n) => {
+                b.set(Some(n - 1));
+                false
+            }
+        })
+    }
+}

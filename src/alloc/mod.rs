@@ -72,8 +72,9 @@ pub use verify::{Report, Violation};
 #[doc(hidden)]
 pub mod model {
     pub use super::class::{GEOMETRY, SpanGeometry};
-    pub use super::list::{pop, push, walk};
+    pub use super::list::{link, pop, push, walk};
     pub use super::mem::{Loc, Mem};
+    pub use super::owner::BlockState;
     pub use super::owner::FREE_WORD;
-    pub use super::pool::{Cache, TransferLock, free_small, reclaim};
+    pub use super::pool::{Cache, TransferLock, exclusive, free_small, reclaim, transfer_lock};
 }

@@ -106,6 +106,13 @@ impl Default for Cache {
     }
 }
 
+/// The error a loom model's simulated death returns (after forgetting `guard`).
+#[cold]
+fn died<G>(guard: G) -> Error {
+    std::mem::forget(guard);
+    Error::Unsupported("simulated crash (loom model)")
+}
+
 fn owner_word<M: Mem>(mem: &M, at: u64) -> Result<&crate::loom::AtomicU64> {
     mem.word(at)
         .ok_or_else(|| Error::corrupt("heap span", format!("owner word {at:#x} out of range")))
@@ -137,6 +144,9 @@ impl Cache {
         }
         // A crash after this store leaves an Owned(me) block that reclaim frees.
         ow.store(BlockState::Owned(me).to_word(), Ordering::Relaxed);
+        if crate::loom::crash_point() {
+            return Err(died(()));
+        }
         Ok(Some(b))
     }
 
@@ -182,10 +192,16 @@ impl Cache {
         c: usize,
     ) -> Result<bool> {
         let me = cx.me();
-        let _g = transfer_lock(rw, cx)?;
+        let g = transfer_lock(rw, cx)?;
+        if crate::loom::crash_point() {
+            return Err(died(g));
+        }
         let Some((first, count)) = list::pop(mem, head, c)? else {
             return Ok(false);
         };
+        if crate::loom::crash_point() {
+            return Err(died(g)); // popped, nothing re-tagged: Free and unlisted
+        }
         // Re-tag the chain; a bad link cuts it (what follows stays Free and
         // unlisted, which reclaim repairs).
         let max = u64::from(count.max(1)).min(GEOMETRY[c].blocks * 64);
@@ -206,6 +222,9 @@ impl Cache {
             stack.push((b, loc.owner));
             n += 1;
             b = next;
+            if crate::loom::crash_point() {
+                return Err(died(g)); // part re-tagged, the rest Free and unlisted
+            }
         }
         if stack.len() == before {
             return Err(Error::corrupt(
@@ -234,7 +253,7 @@ impl Cache {
         if self.count(c) <= keep {
             return Ok(());
         }
-        let _g = transfer_lock(rw, cx)?;
+        let g = transfer_lock(rw, cx)?;
         let batch = GEOMETRY[c].batch as usize;
         let mut stacks = self.stacks.borrow_mut();
         let stack = &mut stacks[c];
@@ -248,10 +267,19 @@ impl Cache {
                 let next = chunk.get(k + 1).map_or(0, |&(nb, _)| nb);
                 list::link(mem, b)?.store(next, Ordering::Relaxed);
             }
+            if crate::loom::crash_point() {
+                return Err(died(g)); // out of the cache, still Cached(me)
+            }
             for &(_, at) in &chunk {
                 owner_word(mem, at)?.store(FREE_WORD, Ordering::Relaxed);
+                if crate::loom::crash_point() {
+                    return Err(died(g)); // some Free and unlisted
+                }
             }
             list::push(mem, head, chunk[0].0, n as u32)?;
+            if crate::loom::crash_point() {
+                return Err(died(g)); // pushed, lock still held
+            }
         }
         Ok(())
     }
@@ -277,6 +305,9 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
             Ok(_) => break,
             Err(seen) => w = seen,
         }
+        if crate::loom::crash_point() {
+            return Err(died(()));
+        }
         match BlockState::from_word(w) {
             Some(BlockState::Owned(_) | BlockState::Shared) => {}
             Some(BlockState::Cached(_) | BlockState::Free) => {
@@ -292,6 +323,9 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
                 ));
             }
         }
+    }
+    if crate::loom::crash_point() {
+        return Err(died(())); // Cached(me), in no cache
     }
     Ok(cache.push(loc.class, b, loc.owner))
 }
