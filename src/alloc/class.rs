@@ -95,10 +95,12 @@ const fn geometry() -> [SpanGeometry; CLASSES] {
             }
             meta += 1;
         }
+        // At least 8: one cache line of owner words, so two processes working on
+        // their own batches do not share a line.
         let batch = {
             let b = (16 << 10) / size;
-            if b < 2 {
-                2
+            if b < 8 {
+                8
             } else if b > 64 {
                 64
             } else {

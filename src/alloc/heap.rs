@@ -495,22 +495,30 @@ impl<'s> Heap<'s> {
         Ok(size)
     }
 
-    /// A pointer, in this process, to the allocated block at `off`, valid for
-    /// [`usable_size`](Self::usable_size) bytes while the block stays allocated.
+    /// A pointer, in this process, to offset `off` of the heap: for a block, valid
+    /// for [`usable_size`](Self::usable_size) bytes while the block stays
+    /// allocated. Cheap: it only checks that `off` lies in the heap's committed data
+    /// pages (so the pointer is inside this process's mapping); whether `off` is a
+    /// live block of yours is what dereferencing it assumes (use
+    /// [`usable_size`](Self::usable_size) or [`state`](Self::state) to check).
     ///
     /// # Errors
     ///
-    /// [`Error::BadBlock`] if `off` is not an allocated block.
+    /// [`Error::BadBlock`] if `off` is outside the heap's committed data pages.
     ///
     /// # Examples
     ///
     /// See [`Heap`].
+    #[inline]
     pub fn ptr(&self, off: u64) -> Result<NonNull<u8>> {
-        self.usable_size(off)?;
-        NonNull::new(self.mem.ptr(off)).ok_or(Error::BadBlock {
-            offset: off,
-            reason: "null",
-        })
+        let ok = off >= self.mem.lay.data_off && off < self.mem.seg.committed();
+        match NonNull::new(self.mem.ptr(off)) {
+            Some(p) if ok => Ok(p),
+            _ => Err(Error::BadBlock {
+                offset: off,
+                reason: "outside the heap's committed pages",
+            }),
+        }
     }
 
     /// Publishes a block this process owns: re-tags it `Shared`, so that it
