@@ -14,8 +14,13 @@
 //!   vouches for ([`Segment::slot_info`], [`Segment::reclaim_dead`]);
 //! - [`Offset`]: base-relative references, checked on every resolve;
 //!   [`Tagged`] / [`AtomicTagged`]: offset + 32-bit tag words for ABA-safe CAS;
-//! - [`sync`]: robust process-shared locks ([`sync::Mutex`] so far): a holder that
-//!   dies is detected within milliseconds and the next locker gets `OwnerDied`;
+//! - [`sync`]: robust process-shared locks (Mutex, RwLock, Condvar, Semaphore,
+//!   Event): a holder that dies is detected within milliseconds and the next locker
+//!   gets `OwnerDied`;
+//! - [`alloc`]: the shared heap — a lock-free allocator in the segment whose
+//!   blocks record their owner, so that [`alloc::Heap::reclaim_dead`] gives back
+//!   what a killed process held; [`alloc::ShmBox`], [`alloc::ShmVec`],
+//!   [`alloc::ShmString`] are stored as offsets and handed between processes;
 //! - [`ShmSafe`]: the marker for types allowed in a segment; [`ShmShared`]: those
 //!   that may be shared by reference (atomics only).
 //!
