@@ -300,7 +300,7 @@ pub mod futex_model {
 }
 
 /// A point where a loom model may stop the calling thread as if its process were
-/// killed there (see [`crash`]). Always false outside loom (and compiled away).
+/// killed there (see `crash` under loom). Always false outside loom (compiled away).
 #[cfg(not(loom))]
 #[inline(always)]
 pub fn crash_point() -> bool {
