@@ -145,14 +145,14 @@ impl<'s> Heap<'s> {
         match class_of(size, align) {
             Some(c) => match self.cache.pop(&self.mem, c, me)? {
                 Some(b) => Ok(b),
-                None => self.alloc_small_slow(c, me),
+                None => self.alloc_small_slow(c, me, size),
             },
             None => self.alloc_large(size, me),
         }
     }
 
     #[cold]
-    fn alloc_small_slow(&self, c: usize, me: OwnerTag) -> Result<u64> {
+    fn alloc_small_slow(&self, c: usize, me: OwnerTag, size: u64) -> Result<u64> {
         let head = self.mem.head(c);
         for attempt in 0..2 {
             if !self
@@ -178,6 +178,7 @@ impl<'s> Heap<'s> {
                         self.recover_space()?;
                         continue;
                     }
+                    Err(Error::OutOfMemory { .. }) => return Err(self.oom(size)),
                     Err(e) => return Err(e),
                 }
             }
@@ -185,7 +186,7 @@ impl<'s> Heap<'s> {
                 return Ok(b);
             }
         }
-        Err(self.oom(GEOMETRY[c].size))
+        Err(self.oom(size))
     }
 
     /// Reclaims dead processes' blocks and gives whole free spans back to the page
@@ -315,6 +316,7 @@ impl<'s> Heap<'s> {
             match r {
                 Ok(start) => return Ok(self.mem.page_off(start)),
                 Err(Error::OutOfMemory { .. }) if attempt == 0 => self.recover_space()?,
+                Err(Error::OutOfMemory { .. }) => return Err(self.oom(size)),
                 Err(e) => return Err(e),
             }
         }
@@ -870,3 +872,117 @@ fn not_attached() -> Error {
 
 #[allow(dead_code)]
 const _: () = assert!(FREE == 1);
+
+#[cfg(test)]
+mod tests {
+    //! Unit tests over a heap-backed segment (the ones miri runs).
+    use super::*;
+    use crate::SegmentOptions;
+
+    fn seg() -> Segment {
+        SegmentOptions::heap().max_size(4 << 20).create().unwrap()
+    }
+
+    #[test]
+    fn blocks_of_every_kind_round_trip_and_verify() {
+        let s = seg();
+        let h = Heap::attach(&s).unwrap();
+        let start = h.stats().unwrap().used;
+        let mut live = Vec::new();
+        for (k, size) in [1usize, 16, 17, 100, 1000, 4096, 20_000, 32 << 10, 40_000, 300_000]
+            .into_iter()
+            .enumerate()
+        {
+            let off = h.alloc(size, 8).unwrap();
+            assert!(h.usable_size(off).unwrap() >= size as u64);
+            // SAFETY: a live block of `size` bytes we own.
+            unsafe { h.ptr(off).unwrap().as_ptr().write_bytes(k as u8, size) };
+            live.push((off, size, k as u8));
+        }
+        let r = h.verify();
+        assert!(r.is_clean(), "{r}");
+        for (off, size, k) in live {
+            // SAFETY: as above; nobody else wrote it.
+            let last = unsafe { h.ptr(off).unwrap().as_ptr().add(size - 1).read() };
+            assert_eq!(last, k);
+            h.free(off).unwrap();
+            assert!(matches!(h.free(off), Err(Error::BadBlock { .. })));
+        }
+        assert_eq!(h.stats().unwrap().used, start);
+        h.flush().unwrap();
+        assert!(h.verify().is_clean());
+    }
+
+    #[test]
+    fn a_dead_handles_blocks_come_back_and_live_ones_stay() {
+        let s = seg();
+        let h = Heap::attach(&s).unwrap();
+        let mine = h.alloc(48, 8).unwrap();
+        let peer = s.try_clone().unwrap();
+        {
+            let p = Heap::attach(&peer).unwrap();
+            let shared = p.alloc(64, 8).unwrap();
+            p.publish(shared).unwrap();
+            for _ in 0..20 {
+                p.alloc(48, 8).unwrap();
+            }
+            p.alloc(100_000, 8).unwrap();
+            std::mem::forget(p); // killed: no destructor runs
+        }
+        peer.simulate_crash();
+        let back = h.reclaim_dead().unwrap();
+        assert_eq!(back.owners.len(), 1);
+        assert!(back.bytes >= 20 * 48 + 100_000);
+        assert_eq!(h.state(mine).unwrap(), BlockState::Owned(s.owner_tag()));
+        let r = h.verify();
+        assert!(r.is_clean(), "{r}");
+        assert!(r.stats.owners.iter().all(|o| o.alive));
+        assert_eq!(h.reclaim_dead().unwrap().blocks, 0);
+    }
+
+    #[test]
+    fn out_of_memory_is_an_error_and_trim_makes_room_again() {
+        let s = seg();
+        let h = Heap::attach(&s).unwrap();
+        let mut small = Vec::new();
+        let err = loop {
+            match h.alloc(2000, 8) {
+                Ok(off) => small.push(off),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::OutOfMemory { requested: 2000, .. }), "{err}");
+        assert!(h.verify().is_clean());
+        for off in small {
+            h.free(off).unwrap();
+        }
+        // The pages went to 2 KiB spans; a large block needs them back.
+        let big = h.alloc(1 << 20, 4096).unwrap();
+        assert_eq!(big % 4096, 0);
+        h.free(big).unwrap();
+        h.flush().unwrap();
+        assert!(h.verify().is_clean());
+    }
+
+    #[test]
+    fn bad_offsets_are_refused_without_damage() {
+        let s = seg();
+        let h = Heap::attach(&s).unwrap();
+        let a = h.alloc(100, 8).unwrap();
+        let big = h.alloc(50_000, 8).unwrap();
+        for bad in [0, 8, a + 16, a + 1, big + 4096, big + 8, u64::MAX, s.committed()] {
+            assert!(matches!(h.free(bad), Err(Error::BadBlock { .. })), "{bad:#x}");
+        }
+        assert!(h.adopt(a).is_err()); // not published
+        h.publish(a).unwrap();
+        assert!(h.publish(a).is_err()); // no longer ours
+        h.adopt(a).unwrap();
+        h.free(a).unwrap();
+        h.free(big).unwrap();
+        assert!(matches!(h.free(big), Err(Error::BadBlock { .. })));
+        assert!(matches!(h.alloc(0, 8), Err(Error::InvalidSize { .. })));
+        assert!(matches!(h.alloc(8, 3), Err(Error::InvalidArgument(_))));
+        assert!(matches!(h.alloc(8, 8192), Err(Error::InvalidArgument(_))));
+        assert!(h.verify().is_clean());
+    }
+}
