@@ -200,6 +200,9 @@ fn a_process_killed_anywhere_in_alloc_or_free_loses_nothing() {
             let dying = thread::spawn(move || {
                 crash::arm(k);
                 let _ = alloc_free_cycle(&a1, &p1);
+                // The last budget outlives every crash point of the cycle (if a
+                // point is added, raise CRASH_POINTS so all stay covered).
+                assert!(k < CRASH_POINTS || !crash::dead());
                 r1.die(1);
             });
             let (a0, p0) = (a.clone(), proc(&reg, 0));

@@ -81,13 +81,15 @@ impl<'h, T: ShmSafe> ShmBox<'h, T> {
                 reason: "misaligned for the type",
             });
         }
+        // Adopt first, then check: once ours, the block cannot change under us.
+        heap.adopt(off)?;
         if heap.usable_size(off)? < size_of::<T>() as u64 {
+            let _ = heap.publish(off); // give it back as we found it
             return Err(Error::BadBlock {
                 offset: off,
                 reason: "smaller than the type",
             });
         }
-        heap.adopt(off)?;
         Ok(Self {
             heap,
             off,

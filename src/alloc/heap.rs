@@ -65,6 +65,9 @@ impl std::fmt::Debug for Heap<'_> {
     }
 }
 
+/// How long an allocation that ran out of memory waits to reclaim and trim.
+const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Largest single allocation the heap would accept on any segment (64 GiB).
 pub const MAX_ALLOC: u64 = crate::Tagged::MAX_OFFSET;
 
@@ -194,18 +197,27 @@ impl<'s> Heap<'s> {
     #[cold]
     fn recover_space(&self) -> Result<()> {
         self.flush_large()?;
-        self.reclaim_dead()?;
-        self.trim()?;
+        // A live process stopped inside a transfer would hold the write side up:
+        // give up after a while (the caller then reports OutOfMemory).
+        if let Ok(_w) = pool::exclusive_for(&self.mem.hdr.transfer, self.mem.seg, RECOVERY_WAIT) {
+            drop(_w);
+            self.reclaim_dead()?;
+            self.trim()?;
+        }
         Ok(())
     }
 
     fn oom(&self, requested: u64) -> Error {
         let t = &self.mem;
         let brk = t.brk().load(Ordering::Relaxed);
-        let free = t.free_pages().load(Ordering::Relaxed) + t.lay.npages.saturating_sub(brk);
+        let free = t
+            .free_pages()
+            .load(Ordering::Relaxed)
+            .min(t.lay.npages)
+            .saturating_add(t.lay.npages.saturating_sub(brk));
         Error::OutOfMemory {
             requested,
-            available: free * PAGE_SIZE,
+            available: free.saturating_mul(PAGE_SIZE),
         }
     }
 
@@ -235,13 +247,11 @@ impl<'s> Heap<'s> {
     ) -> Result<u64> {
         let t = &self.mem;
         let from = pages::find_free(t, n)?;
-        let (start, mut ops) = pages::take_ops(t, from, n, kind, class);
-        if from.is_none() {
-            if start + n > t.lay.npages {
-                return Err(self.oom(n * PAGE_SIZE));
-            }
-            t.ensure_pages(start + n)?;
+        let (start, mut ops) = pages::take_ops(t, from, n, kind, class)?;
+        if start.checked_add(n).is_none_or(|end| end > t.lay.npages) {
+            return Err(self.oom(n * PAGE_SIZE));
         }
+        t.ensure_pages(start + n)?;
         prepare(start)?;
         ops.extend(extra(start));
         pages::commit(t, &ops);
@@ -275,14 +285,16 @@ impl<'s> Heap<'s> {
     #[cold]
     fn alloc_large(&self, size: u64, me: OwnerTag) -> Result<u64> {
         let n = size.div_ceil(PAGE_SIZE);
+        if n > self.mem.lay.npages {
+            return Err(self.oom(size));
+        }
         if n <= MAX_RUN_PAGES {
             while let Some(start) = self.large.take(n) {
                 let ow = self.mem.owner(start);
                 let ok = pages::run_at(&self.mem, start)
                     .is_some_and(|r| r.kind == LARGE && r.start == start && r.len == n);
-                // SYNC: Acquire pairs with our own Release in `free_large`; the CAS
-                // also catches a peer that rewrote the word (the run is then left
-                // alone: a tampered cache entry is dropped).
+                // The CAS (not a load) catches a peer that rewrote the word: a
+                // tampered cache entry is dropped and the run left alone.
                 if ok
                     && ow
                         .compare_exchange(
@@ -351,7 +363,9 @@ impl<'s> Heap<'s> {
                 let n = pool::free_small(&self.mem, &self.cache, off, loc, me)?;
                 let batch = GEOMETRY[loc.class].batch as usize;
                 if n > 2 * batch {
-                    self.flush_class(loc.class, batch)?;
+                    // The block is freed (the CAS above was the commit point): a
+                    // failed flush only leaves more blocks in our cache.
+                    let _ = self.flush_class(loc.class, batch);
                 }
                 Ok(())
             }
@@ -396,7 +410,9 @@ impl<'s> Heap<'s> {
         }
         let _pl = self.page_lock()?;
         let r = self.large_at(off).ok_or_else(bad)?;
-        claim(self.mem.owner(r.start), off, BlockState::Owned(me))?;
+        // Cached(me), not a used state: a racing free of the same block gets
+        // BadBlock; a crash before the commit leaves it ours to reclaim.
+        claim(self.mem.owner(r.start), off, BlockState::Cached(me))?;
         self.release_run(r);
         Ok(())
     }
@@ -413,20 +429,27 @@ impl<'s> Heap<'s> {
 
     /// Gives the cached large runs back to the page level.
     fn flush_large(&self) -> Result<()> {
-        let runs = self.large.drain();
-        if runs.is_empty() {
-            return Ok(());
-        }
         let me = self.me()?;
         let _pl = self.page_lock()?;
-        for (start, n) in runs {
+        for (start, n) in self.large.drain() {
             let Some(r) = pages::run_at(&self.mem, start)
                 .filter(|r| r.kind == LARGE && r.start == start && r.len == n)
             else {
                 continue;
             };
-            let cached = BlockState::Cached(me).to_word();
-            if self.mem.owner(start).load(Ordering::Acquire) == cached {
+            // Claim it back before releasing it (it is ours only if the word still
+            // says so; a crash after the CAS leaves it Owned(me) for reclaim).
+            if self
+                .mem
+                .owner(start)
+                .compare_exchange(
+                    BlockState::Cached(me).to_word(),
+                    BlockState::Owned(me).to_word(),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
                 self.release_run(r);
             }
         }
@@ -669,30 +692,42 @@ impl<'s> Heap<'s> {
             budget,
             &mut is_dead,
         )?;
+        let me = self.me()?;
         for r in runs.iter().filter(|r| r.kind == LARGE) {
             let ow = self.mem.owner(r.start);
             let w = ow.load(Ordering::Acquire);
-            let Some(t) = BlockState::from_word(w).and_then(BlockState::private_owner) else {
-                continue;
+            let owner = match BlockState::from_word(w) {
+                // A large run is never Free outside a page-lock transaction (every
+                // release writes Free in the transaction that frees the pages): a
+                // Free one was left by an older build's reclaimer that died; free it.
+                Some(BlockState::Free) => None,
+                Some(s) => match s.private_owner() {
+                    Some(t) if is_dead(t) => Some(t),
+                    _ => continue,
+                },
+                None => continue,
             };
-            if !is_dead(t)
-                || ow
-                    .compare_exchange(w, FREE_WORD, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
+            // Claim it for us first (a crash from here on leaves it ours, dead, for
+            // the next reclaim), then free it in one journalled transaction.
+            if ow
+                .compare_exchange(
+                    w,
+                    BlockState::Owned(me).to_word(),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
             {
                 continue;
             }
             // Re-read the neighbours for each free (the previous one may have merged).
-            let mut ops = pages::free_ops(&self.mem, *r);
-            ops.push(Op::Owner {
-                page: r.start,
-                word: FREE_WORD,
-            });
-            pages::commit(&self.mem, &ops);
+            self.release_run(*r);
             out.blocks += 1;
             out.bytes += r.len * PAGE_SIZE;
-            if !out.owners.contains(&t) {
-                out.owners.push(t);
+            if let Some(t) = owner {
+                if !out.owners.contains(&t) {
+                    out.owners.push(t);
+                }
             }
         }
         Ok(out)
@@ -753,7 +788,13 @@ impl<'s> Heap<'s> {
             }
             let head = self.mem.head(c);
             let mut keep = Vec::new();
-            list::walk(&self.mem, head, c, u64::MAX >> 1, |b| {
+            let budget = runs
+                .iter()
+                .filter(|r| r.kind == SPAN && r.class == c)
+                .count() as u64
+                * g.blocks
+                + 1;
+            list::walk(&self.mem, head, c, budget, |b| {
                 if !in_empty(b) {
                     keep.push(b);
                 }
@@ -787,10 +828,13 @@ impl<'s> Heap<'s> {
     ///
     /// See [`trim`](Self::trim).
     pub fn flush(&self) -> Result<()> {
+        let mut first = Ok(());
         for c in 0..CLASSES {
-            self.flush_class(c, 0)?;
+            if let Err(e) = self.flush_class(c, 0) {
+                first = first.and(Err(e));
+            }
         }
-        self.flush_large()
+        first.and(self.flush_large())
     }
 
     /// Every run of the tiling, in order (bounded by the break).
@@ -879,8 +923,11 @@ mod tests {
     use super::*;
     use crate::SegmentOptions;
 
+    /// Small under miri (every instruction is interpreted there).
+    const MAX: u64 = if cfg!(miri) { 1 << 20 } else { 4 << 20 };
+
     fn seg() -> Segment {
-        SegmentOptions::heap().max_size(4 << 20).create().unwrap()
+        SegmentOptions::heap().max_size(MAX).create().unwrap()
     }
 
     #[test]
@@ -889,9 +936,20 @@ mod tests {
         let h = Heap::attach(&s).unwrap();
         let start = h.stats().unwrap().used;
         let mut live = Vec::new();
-        for (k, size) in [1usize, 16, 17, 100, 1000, 4096, 20_000, 32 << 10, 40_000, 300_000]
-            .into_iter()
-            .enumerate()
+        for (k, size) in [
+            1usize,
+            16,
+            17,
+            100,
+            1000,
+            4096,
+            20_000,
+            32 << 10,
+            40_000,
+            300_000,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let off = h.alloc(size, 8).unwrap();
             assert!(h.usable_size(off).unwrap() >= size as u64);
@@ -951,13 +1009,22 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(matches!(err, Error::OutOfMemory { requested: 2000, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::OutOfMemory {
+                    requested: 2000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(h.verify().is_clean());
         for off in small {
             h.free(off).unwrap();
         }
         // The pages went to 2 KiB spans; a large block needs them back.
-        let big = h.alloc(1 << 20, 4096).unwrap();
+        let big = h.alloc(MAX as usize / 4, 4096).unwrap();
         assert_eq!(big % 4096, 0);
         h.free(big).unwrap();
         h.flush().unwrap();
@@ -970,8 +1037,20 @@ mod tests {
         let h = Heap::attach(&s).unwrap();
         let a = h.alloc(100, 8).unwrap();
         let big = h.alloc(50_000, 8).unwrap();
-        for bad in [0, 8, a + 16, a + 1, big + 4096, big + 8, u64::MAX, s.committed()] {
-            assert!(matches!(h.free(bad), Err(Error::BadBlock { .. })), "{bad:#x}");
+        for bad in [
+            0,
+            8,
+            a + 16,
+            a + 1,
+            big + 4096,
+            big + 8,
+            u64::MAX,
+            s.committed(),
+        ] {
+            assert!(
+                matches!(h.free(bad), Err(Error::BadBlock { .. })),
+                "{bad:#x}"
+            );
         }
         assert!(h.adopt(a).is_err()); // not published
         h.publish(a).unwrap();

@@ -41,6 +41,11 @@
 //!   (dropping the handle or [`Heap::flush`]); another process cannot use them.
 //! * Transfers between caches and the shared lists pause while `reclaim_dead`,
 //!   `trim` or `verify` run (they hold the transfer lock in write mode).
+//! * Free-list links live in the free blocks themselves and are read with atomic
+//!   loads, also while a racing popper may have just handed the block to a user who
+//!   writes it plainly: a data race by the letter of Rust's memory model (the value
+//!   read is discarded by the failing CAS), harmless on the hardware, as in every
+//!   intrusive lock-free free list.
 
 mod boxed;
 mod class;

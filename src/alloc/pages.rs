@@ -89,6 +89,7 @@ const OP_RUN: u64 = 1;
 const OP_OWNER: u64 = 2;
 const OP_BRK: u64 = 3;
 const OP_FREE_PAGES: u64 = 4;
+const OP_DESC: u64 = 5;
 
 /// Most ops in one transaction.
 pub const JOURNAL_OPS: usize = 8;
@@ -109,6 +110,13 @@ pub enum Op {
     Brk(u64),
     /// Set the count of pages in free runs (a hint for the allocator).
     FreePages(u64),
+    /// Write one page's descriptor (to retire a merged run's stale first page).
+    Desc {
+        /// The page.
+        page: u64,
+        /// The descriptor word.
+        word: u64,
+    },
 }
 
 /// The journal, in the heap header.
@@ -154,6 +162,8 @@ pub trait Table {
     fn free_pages(&self) -> &AtomicU64;
     /// The journal.
     fn journal(&self) -> &Journal;
+    /// Whether data pages `[0, end)` are backed (committed).
+    fn covers(&self, end: u64) -> bool;
 }
 
 /// Reads the run that covers `page`, believing it only if its first page agrees
@@ -167,7 +177,11 @@ pub fn run_at<T: Table>(t: &T, page: u64) -> Option<Run> {
     // fully set up (span owner words, links) before its descriptor was written.
     let w = t.desc(page).load(Ordering::Acquire);
     let r = Run::from_word(w)?;
-    if page < r.start || page >= r.end() || r.end() > t.brk().load(Ordering::Acquire) {
+    if page < r.start
+        || page >= r.end()
+        || r.end() > t.brk().load(Ordering::Acquire)
+        || !t.covers(r.end())
+    {
         return None;
     }
     if r.start != page && t.desc(r.start).load(Ordering::Acquire) != w {
@@ -227,6 +241,12 @@ fn apply<T: Table>(t: &T, ops: &[Op]) {
                 }
             }
             Op::FreePages(n) => t.free_pages().store(n, Ordering::Relaxed),
+            Op::Desc { page, word } => {
+                if page < t.pages() {
+                    // SYNC: Release pairs with the Acquire loads in `run_at`.
+                    t.desc(page).store(word, Ordering::Release);
+                }
+            }
         }
     }
 }
@@ -237,6 +257,7 @@ fn encode(op: Op) -> [u64; 3] {
         Op::Owner { page, word } => [OP_OWNER, page, word],
         Op::Brk(b) => [OP_BRK, b, 0],
         Op::FreePages(n) => [OP_FREE_PAGES, n, 0],
+        Op::Desc { page, word } => [OP_DESC, page, word],
     }
 }
 
@@ -249,6 +270,10 @@ fn decode(w: [u64; 3]) -> Option<Op> {
         }),
         OP_BRK => Some(Op::Brk(w[1])),
         OP_FREE_PAGES => Some(Op::FreePages(w[1])),
+        OP_DESC => Some(Op::Desc {
+            page: w[1],
+            word: w[2],
+        }),
         _ => None,
     }
 }
@@ -310,18 +335,38 @@ pub fn find_free<T: Table>(t: &T, n: u64) -> Result<Option<Run>> {
     Ok(None)
 }
 
+/// The break, checked against the table (a corrupt one is an error, not a wrap).
+///
+/// # Errors
+///
+/// [`Error::Corrupt`] if it exceeds the table.
+pub fn brk<T: Table>(t: &T) -> Result<u64> {
+    let b = t.brk().load(Ordering::Acquire);
+    if b > t.pages() {
+        return Err(Error::corrupt(
+            "heap page table",
+            format!("break {b} beyond {} pages", t.pages()),
+        ));
+    }
+    Ok(b)
+}
+
 /// The ops that take `n` pages at the start of free run `from` (or at the break if
 /// `from` is `None`) for a run `kind`/`class`. Returns the first page and the ops.
+///
+/// # Errors
+///
+/// [`Error::Corrupt`] for a corrupt break.
 pub fn take_ops<T: Table>(
     t: &T,
     from: Option<Run>,
     n: u64,
     kind: u64,
     class: usize,
-) -> (u64, Vec<Op>) {
-    let brk = t.brk().load(Ordering::Acquire);
+) -> Result<(u64, Vec<Op>)> {
+    let brk = brk(t)?;
     let free = t.free_pages().load(Ordering::Relaxed);
-    match from {
+    Ok(match from {
         Some(f) => {
             let mut ops = vec![Op::Run(Run {
                 kind,
@@ -349,10 +394,10 @@ pub fn take_ops<T: Table>(
                     start: brk,
                     len: n,
                 }),
-                Op::Brk(brk + n),
+                Op::Brk(brk.saturating_add(n)),
             ],
         ),
-    }
+    })
 }
 
 /// The ops that free run `r` (a span or large run), merging free neighbours and
@@ -378,14 +423,24 @@ pub fn free_ops<T: Table>(t: &T, r: Run) -> Vec<Op> {
     if end >= brk {
         vec![Op::Brk(start), Op::FreePages(free)]
     } else {
-        vec![
-            Op::Run(Run {
-                kind: FREE,
-                class: 0,
-                start,
-                len: end - start,
-            }),
-            Op::FreePages(free + (end - start)),
-        ]
+        let merged = Run {
+            kind: FREE,
+            class: 0,
+            start,
+            len: end - start,
+        };
+        let mut ops = vec![
+            Op::Run(merged),
+            Op::FreePages(free.saturating_add(end - start)),
+        ];
+        if start != r.start {
+            // Merged into the previous run: `r`'s first page would otherwise keep
+            // its old descriptor and vouch for its stale interior words.
+            ops.push(Op::Desc {
+                page: r.start,
+                word: merged.word(),
+            });
+        }
+        ops
     }
 }

@@ -57,8 +57,10 @@ pub fn transfer_lock<'a, C: Context>(rw: &'a TransferLock, cx: &'a C) -> Result<
     }
 }
 
-/// Takes the transfer lock in write mode (reclaim, trim, verify). A previous
-/// writer that died is simply taken over: everything done under it is redone.
+/// Takes the transfer lock in write mode (reclaim, trim, verify; transfers of slots
+/// without a reader entry). A previous writer that died is taken over: what it left
+/// half-done (blocks Free and unlisted, or owned by it) is what the next
+/// `reclaim` repairs.
 ///
 /// # Errors
 ///
@@ -68,6 +70,26 @@ pub fn exclusive<'a, C: Context>(
     cx: &'a C,
 ) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
     match rw.write(cx) {
+        Ok(g) => Ok(g),
+        Err(LockError::OwnerDied(mut g)) => {
+            g.make_consistent();
+            Ok(g)
+        }
+        Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
+    }
+}
+
+/// [`exclusive`], waiting at most `wait` for the readers (transfers) to leave.
+///
+/// # Errors
+///
+/// As [`transfer_lock`], and a corruption error naming the timeout.
+pub fn exclusive_for<'a, C: Context>(
+    rw: &'a TransferLock,
+    cx: &'a C,
+    wait: std::time::Duration,
+) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
+    match rw.write_for(cx, wait) {
         Ok(g) => Ok(g),
         Err(LockError::OwnerDied(mut g)) => {
             g.make_consistent();
@@ -297,7 +319,8 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
     let ow = owner_word(mem, loc.owner)?;
     let mine = BlockState::Cached(me).to_word();
     // The common case first: our own block.
-    let mut w = BlockState::Owned(me).to_word();
+    let own = BlockState::Owned(me).to_word();
+    let mut w = own;
     loop {
         // SYNC: Acquire pairs with the Release of whoever last handed the block on
         // (a publish), so their writes to it happen before our reuse.
@@ -324,6 +347,15 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
             }
         }
     }
+    if w != own && mem.locate(b) != Some(loc) {
+        // A double free raced with the span's trim and reuse: the word we took
+        // belongs to something else now. Put it back; the offset is stale.
+        let _ = ow.compare_exchange(mine, w, Ordering::Relaxed, Ordering::Relaxed);
+        return Err(Error::BadBlock {
+            offset: b,
+            reason: "not allocated (its span was reused)",
+        });
+    }
     if crate::loom::crash_point() {
         return Err(died(())); // Cached(me), in no cache
     }
@@ -346,11 +378,13 @@ pub struct Reclaimed {
 /// Returns to the shared lists every small block whose owner word names a dead
 /// owner, and every Free block on no list. The caller holds the transfer lock in
 /// write mode, so the lists are still and no live process is mid-transfer.
-/// `blocks` yields every small block `(offset, class)`.
+/// `blocks` yields every small block `(offset, class)`. A list whose links are
+/// broken is dropped and rebuilt from the owner words.
 ///
 /// # Errors
 ///
-/// [`Error::Corrupt`] for a corrupt list (nothing is changed then).
+/// [`Error::Corrupt`] if a block's link word is out of range while relisting
+/// (blocks not yet relisted stay Free and unlisted, for the next pass).
 pub fn reclaim<M: Mem>(
     mem: &M,
     heads: &[&AtomicTagged],
@@ -360,7 +394,19 @@ pub fn reclaim<M: Mem>(
 ) -> Result<Reclaimed> {
     let mut listed = HashSet::new();
     for (c, head) in heads.iter().enumerate().take(CLASSES) {
-        list::walk(mem, head, c, budget, |b| listed.insert(b))?;
+        let mut mine = Vec::new();
+        if list::walk(mem, head, c, budget, |b| {
+            mine.push(b);
+            true
+        })
+        .is_err()
+        {
+            // A broken list (a peer wrote its links): drop it. Its free blocks
+            // become unlisted and are listed again below from their owner words.
+            list::reset(head);
+            continue;
+        }
+        listed.extend(mine);
     }
     let mut out = Reclaimed::default();
     let mut back: Vec<Vec<u64>> = vec![Vec::new(); CLASSES];

@@ -162,6 +162,11 @@ pub struct SegMem<'s> {
     pub hdr: &'s HeapBody,
 }
 
+// SAFETY: `base` points into the mapping that `seg` (a shared reference to a
+// `Sync` Segment) keeps alive; nothing about it is tied to the creating thread. The
+// `Cell` is moved along with the value. (Not `Sync`: the `Cell` is not.)
+unsafe impl Send for SegMem<'_> {}
+
 impl std::fmt::Debug for SegMem<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegMem").field("lay", &self.lay).finish()
@@ -182,10 +187,11 @@ impl<'s> SegMem<'s> {
         }
         let base = seg.as_ptr();
         // SAFETY: heap_off is page-aligned, and heap_off + size_of::<HeapHeader>()
-        // <= pd_off <= data_off <= committed <= the mapping's length; the header is
-        // atomics and robust locks only (any bits valid, shared access is their
-        // purpose); the reference borrows `seg`, which keeps the mapping.
-        let header = unsafe { &*base.add(lay.heap_off as usize).cast::<HeapHeader>() };
+        // <= pd_off <= data_off <= committed <= the mapping's length.
+        let header_ptr = unsafe { base.add(lay.heap_off as usize).cast::<HeapHeader>() };
+        // SAFETY: in bounds and aligned (above); an atomic, any bits valid; the
+        // reference borrows `seg`, which keeps the mapping.
+        let state = unsafe { &*std::ptr::addr_of!((*header_ptr).state) };
         let me = seg.owner_tag();
         if me.is_nobody() {
             return Err(Error::InvalidArgument(
@@ -196,7 +202,7 @@ impl<'s> SegMem<'s> {
         loop {
             // SYNC: Acquire pairs with the Release store of READY below (in the
             // builder): the body is complete before we read it.
-            let s = header.state.load(Ordering::Acquire);
+            let s = state.load(Ordering::Acquire);
             if s == READY {
                 break;
             }
@@ -208,8 +214,7 @@ impl<'s> SegMem<'s> {
                 return Err(Error::corrupt("heap header", format!("state {s:#x}")));
             };
             if take
-                && header
-                    .state
+                && state
                     .compare_exchange(
                         s,
                         BUILDING | me.bits(),
@@ -218,13 +223,13 @@ impl<'s> SegMem<'s> {
                     )
                     .is_ok()
             {
-                let body = std::ptr::addr_of!(header.body).cast_mut();
                 // SAFETY: we won the BUILDING state, so no process reads the body
                 // until READY (attachers wait on `state`); the place is in bounds
-                // and aligned as above.
-                unsafe { body.write(HeapBody::new(&lay)) };
+                // and aligned as above, and the pointer comes from the mapping's
+                // base, not from the shared reference.
+                unsafe { std::ptr::addr_of_mut!((*header_ptr).body).write(HeapBody::new(&lay)) };
                 // SYNC: Release publishes the body; pairs with the Acquire above.
-                header.state.store(READY, Ordering::Release);
+                state.store(READY, Ordering::Release);
                 break;
             }
             if std::time::Instant::now() > deadline {
@@ -235,7 +240,9 @@ impl<'s> SegMem<'s> {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let hdr = &header.body;
+        // SAFETY: in bounds and aligned (above); built (READY); atomics and robust
+        // locks only (any bits valid, shared access is their purpose); borrows `seg`.
+        let hdr: &HeapBody = unsafe { &*std::ptr::addr_of!((*header_ptr).body) };
         if hdr.magic.load(Ordering::Relaxed) != MAGIC {
             return Err(Error::corrupt("heap header", "bad magic"));
         }
@@ -388,5 +395,17 @@ impl Table for SegMem<'_> {
     }
     fn journal(&self) -> &Journal {
         &self.hdr.journal
+    }
+    #[inline]
+    fn covers(&self, end: u64) -> bool {
+        let need = self
+            .lay
+            .data_off
+            .saturating_add(end.saturating_mul(PAGE_SIZE));
+        if need <= self.committed.get() {
+            return true;
+        }
+        self.committed.set(self.seg.committed());
+        need <= self.committed.get()
     }
 }

@@ -45,14 +45,15 @@ pub struct Stats {
     /// Bytes in blocks handed out (small blocks at their class size, large blocks
     /// at whole pages).
     pub used: u64,
-    /// Bytes free: free and cached small blocks, free page runs, and committed
-    /// pages above the break.
+    /// Bytes free: free and cached small blocks, large runs in processes' caches,
+    /// free page runs, and committed pages above the break.
     pub free: u64,
     /// Bytes of metadata: header, page tables, span owner words, span tails.
     pub metadata: u64,
     /// Bytes in published (shared) blocks, part of `used`.
     pub shared: u64,
-    /// Large blocks handed out.
+    /// Large blocks handed out (including any with a corrupt owner word, which
+    /// `verify` reports).
     pub large_blocks: u64,
     /// Per size class.
     pub classes: [ClassStats; CLASSES],

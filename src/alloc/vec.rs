@@ -20,9 +20,10 @@ const HEADER: usize = 24;
 /// ([`into_shared`](Self::into_shared) / [`from_shared`](Self::from_shared), as
 /// for [`ShmBox`](super::ShmBox)). The handle keeps its own copy of the data
 /// offset, length and capacity and only writes the header: a peer scribbling on
-/// the header cannot make this handle write out of bounds. Like `Vec`, it is not
-/// synchronised: one process uses it at a time (guard it with a
-/// [`Mutex`](crate::sync::Mutex) to share it).
+/// the header cannot make this handle write out of bounds. Like `Vec`, it has one
+/// owner at a time: a process works on it through its handle, then hands it on
+/// whole (`into_shared` → `from_shared`). Zero-sized element types are refused
+/// at compile time.
 ///
 /// # Examples
 ///
@@ -61,6 +62,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     ///
     /// See [`ShmVec`].
     pub fn new(heap: &'h Heap<'h>) -> Result<Self> {
+        const { assert!(size_of::<T>() > 0, "ShmVec of a zero-sized type") };
         let header = heap.alloc(HEADER, 8)?;
         let v = Self {
             heap,
@@ -120,13 +122,16 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     ///
     /// See [`ShmVec`].
     pub fn from_shared(heap: &'h Heap<'h>, header: u64) -> Result<Self> {
+        const { assert!(size_of::<T>() > 0, "ShmVec of a zero-sized type") };
+        // Adopt first, then check: once ours, the block cannot change under us.
+        heap.adopt(header)?;
         if heap.usable_size(header)? < HEADER as u64 {
+            let _ = heap.publish(header);
             return Err(Error::BadBlock {
                 offset: header,
                 reason: "too small for a ShmVec header",
             });
         }
-        heap.adopt(header)?;
         let w = |i: u64| -> Result<u64> {
             heap.mem
                 .word(header + 8 * i)

@@ -360,7 +360,7 @@ impl Heap<'_> {
                 ),
             );
         }
-        w.stats.high_water = mem.hwm().load(Ordering::Relaxed) * PAGE_SIZE;
+        w.stats.high_water = mem.hwm().load(Ordering::Relaxed).saturating_mul(PAGE_SIZE);
         w.stats.fragmentation = if w.stats.free_pages == 0 {
             0.0
         } else {
