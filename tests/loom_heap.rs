@@ -256,3 +256,49 @@ fn reclaim_never_takes_a_live_processes_block() {
         all_free_once(&a);
     });
 }
+
+/// A reclaimer killed at each point of its pass (after relisting some blocks, or
+/// none, or all), while a live process allocates and frees: the next reclaim
+/// finishes the job and every block is Free and listed exactly once.
+#[test]
+fn a_reclaimer_killed_anywhere_is_finished_by_the_next() {
+    for k in 0..4 {
+        // A reader spins (the futex stand-in yields) until the dead writer is
+        // declared dead: allow the longer paths that takes.
+        let mut b = loom::model::Builder::new();
+        b.max_branches = 100_000;
+        b.check(move || {
+            let reg = Registry::new();
+            let a = arena(3, 1);
+            // Process 1 takes a block and dies holding it; process 2 pops a batch
+            // and dies before re-tagging it (Free, on no list).
+            let p1 = proc(&reg, 1);
+            let c1 = Cache::default();
+            assert!(c1.refill(&*a, &a.head, &a.rw, &p1, 0).unwrap());
+            c1.pop(&*a, 0, p1.me()).unwrap().unwrap();
+            reg.die(1);
+            pop(&*a, &a.head, 0).unwrap().unwrap();
+            reg.die(2);
+            let (a3, r3) = (a.clone(), reg.clone());
+            let reclaimer = thread::spawn(move || {
+                let p3 = proc(&r3, 3);
+                crash::arm(k);
+                let w = exclusive(&a3.rw, &p3).unwrap();
+                let all = (0..a3.n).map(|i| (block(i), 0));
+                match reclaim(&*a3, &[&a3.head], all, 64, |t| !p3.is_alive_owner(t)) {
+                    Ok(_) => drop(w),
+                    Err(_) => std::mem::forget(w), // killed holding the lock
+                }
+                r3.die(3);
+            });
+            let (a0, p0) = (a.clone(), proc(&reg, 0));
+            let live = thread::spawn(move || {
+                let _ = alloc_free_cycle(&a0, &p0);
+            });
+            reclaimer.join().unwrap();
+            live.join().unwrap();
+            reclaim_dead(&a, &proc(&reg, 0));
+            all_free_once(&a);
+        });
+    }
+}

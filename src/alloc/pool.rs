@@ -436,6 +436,9 @@ pub fn reclaim<M: Mem>(
                         out.owners.push(t);
                     }
                     back[c].push(b);
+                    if crate::loom::crash_point() {
+                        return Err(died(())); // Free and unlisted: the next pass
+                    }
                 }
             }
             None => {}
@@ -450,6 +453,9 @@ pub fn reclaim<M: Mem>(
             let last = chunk[chunk.len() - 1];
             list::link(mem, last)?.store(0, Ordering::Relaxed);
             list::push(mem, heads[c], chunk[0], chunk.len() as u32)?;
+            if crate::loom::crash_point() {
+                return Err(died(()));
+            }
             out.blocks += chunk.len() as u64;
             out.bytes += chunk.len() as u64 * g.size;
         }
