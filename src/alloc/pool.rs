@@ -17,7 +17,6 @@
 //! every live process outside its transfers, no live process can be holding it).
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 
 use crate::loom::Ordering;
 use crate::sync::{Context, LockError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -392,7 +391,8 @@ pub fn reclaim<M: Mem>(
     budget: u64,
     mut is_dead: impl FnMut(OwnerTag) -> bool,
 ) -> Result<Reclaimed> {
-    let mut listed = HashSet::new();
+    // A sorted vector, not a hash set: cheaper here, and much cheaper under miri.
+    let mut listed = Vec::new();
     for (c, head) in heads.iter().enumerate().take(CLASSES) {
         let mut mine = Vec::new();
         if list::walk(mem, head, c, budget, |b| {
@@ -408,6 +408,7 @@ pub fn reclaim<M: Mem>(
         }
         listed.extend(mine);
     }
+    listed.sort_unstable();
     let mut out = Reclaimed::default();
     let mut back: Vec<Vec<u64>> = vec![Vec::new(); CLASSES];
     for (b, c) in blocks {
@@ -417,7 +418,7 @@ pub fn reclaim<M: Mem>(
         };
         let w = ow.load(Ordering::Acquire);
         match BlockState::from_word(w) {
-            Some(BlockState::Free) if !listed.contains(&b) => {
+            Some(BlockState::Free) if listed.binary_search(&b).is_err() => {
                 out.unlisted += 1;
                 back[c].push(b);
             }
