@@ -961,7 +961,7 @@ mod tests {
                 150_000,
             ]
         };
-        for (k, &size) in sizes.into_iter().enumerate() {
+        for (k, &size) in sizes.iter().enumerate() {
             let off = h.alloc(size, 8).unwrap();
             assert!(h.usable_size(off).unwrap() >= size as u64);
             // SAFETY: a live block of `size` bytes we own.
