@@ -199,14 +199,18 @@ fn pattern(stamp: u64, i: usize) -> u8 {
 const STAMP_EDGE: usize = 64;
 
 /// The byte ranges of a block of `size` that carry its stamp: its head and tail
-/// (all of a small block), and one byte per page in between.
+/// (all of a small block), and one word per page in between. Whole aligned words
+/// (a block's usable size is a multiple of 16, so rounding up stays inside it):
+/// a plain write of part of a word that the heap wrote atomically (a free-list
+/// link) crashes miri's weak-memory emulation (nightly 2026-05).
 fn stamp_ranges(size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let head = size.min(STAMP_EDGE);
-    let tail = size.saturating_sub(STAMP_EDGE).max(head);
-    [0..head, tail..size].into_iter().chain(
+    let end = size.next_multiple_of(8);
+    let head = end.min(STAMP_EDGE);
+    let tail = (end.saturating_sub(STAMP_EDGE) / 8 * 8).max(head);
+    [0..head, tail..end].into_iter().chain(
         (PAGE_SIZE as usize..tail)
             .step_by(PAGE_SIZE as usize)
-            .map(|p| p..p + 1),
+            .map(|p| p..p + 8),
     )
 }
 
@@ -219,9 +223,10 @@ fn write_stamp(heap: &Heap<'_>, off: u64, size: usize, stamp: u64) {
     let p = heap.ptr(off).expect("a live block has a pointer").as_ptr();
     for r in stamp_ranges(size) {
         let want = stamp_bytes(stamp, &r);
-        // SAFETY: r.end <= size <= usable_size(off) (checked when the block was
-        // admitted): inside the live block at `off`, which this case holds and
-        // nothing else reads or writes; `want` is a local array.
+        // SAFETY: r.end <= size rounded up to 8 <= usable_size(off) (a multiple of
+        // 16, checked when the block was admitted): inside the live block at `off`,
+        // which this case holds and nothing else reads or writes; `want` is a
+        // local array.
         unsafe { std::ptr::copy_nonoverlapping(want.as_ptr(), p.add(r.start), r.len()) };
     }
 }
@@ -234,17 +239,20 @@ fn check_stamp(heap: &Heap<'_>, off: u64, size: usize, stamp: u64, upto: usize) 
         .unwrap_or_else(|e| panic!("live block {off:#x} has no pointer: {e}"))
         .as_ptr();
     for r in stamp_ranges(size) {
-        let r = r.start..r.end.min(upto);
-        if r.is_empty() {
+        let n = r.end.min(upto).saturating_sub(r.start);
+        if n == 0 {
             continue;
         }
-        // SAFETY: as in `write_stamp`: inside a block this case holds, which nothing
-        // writes while the slice lives.
+        // SAFETY: as in `write_stamp` (whole words of the range are read, as they
+        // were written): inside a block this case holds, which nothing writes
+        // while the slice lives.
         let got = unsafe { std::slice::from_raw_parts(p.add(r.start), r.len()) };
         let want = stamp_bytes(stamp, &r);
         assert!(
-            got == &want[..r.len()],
-            "block {off:#x} (size {size}) was overwritten in bytes {r:?}: {got:02x?}"
+            got[..n] == want[..n],
+            "block {off:#x} (size {size}) was overwritten in bytes {:?}: {:02x?}",
+            r.start..r.start + n,
+            &got[..n]
         );
     }
 }
@@ -523,6 +531,11 @@ impl<'h, 's> Ops<'h, 's> {
                 self.live.remove(&off);
                 self.remember_freed(off);
                 self.purge_dead();
+                let usable = heap.usable_size(new).unwrap_or(0);
+                assert!(
+                    usable >= want,
+                    "realloc to {size} returned {new:#x}+{usable}"
+                );
                 check_stamp(heap, new, old.size, old.stamp, old.size.min(size));
                 self.admit(heap, new, size, align, Holder::Handle(h));
             }
@@ -798,8 +811,8 @@ pub fn heap_ops(data: &[u8]) {
 struct Target {
     /// Segment offset (8-aligned).
     off: u64,
-    /// Part of a lock: never given a live handle's tag (a lock that names a live
-    /// holder is held, and waiting for it is no bug).
+    /// Part of a lock: never given a value that may name a live handle (see
+    /// [`poke_value`]).
     lock: bool,
 }
 
@@ -848,7 +861,10 @@ impl Known {
 fn corrupt_setup(seg: &Segment, a: &Heap<'_>, b: &Heap<'_>, knobs: u8) -> Known {
     let mut live = Vec::new();
     let mut freed = Vec::new();
-    let small = [128usize, 512, 1000, 3000, 9000, 30000];
+    // Classes with few blocks per span (128 at most): the walks of every block in
+    // `verify` and `reclaim_dead` stay cheap, under miri too (heap_ops covers the
+    // spans of thousands of tiny blocks).
+    let small = [512usize, 1000, 3000, 9000, 30000];
     for (i, &s) in small.iter().enumerate() {
         let h = if i % 3 == 2 { b } else { a };
         for _ in 0..4 {
@@ -886,8 +902,8 @@ fn corrupt_setup(seg: &Segment, a: &Heap<'_>, b: &Heap<'_>, knobs: u8) -> Known 
     {
         let h3 = Heap::attach(&seg3).expect("attach");
         let cache = Cache::default();
-        let x = h3.alloc(128, 8).expect("setup alloc");
-        let y = h3.alloc(128, 8).expect("setup alloc");
+        let x = h3.alloc(512, 8).expect("setup alloc");
+        let y = h3.alloc(512, 8).expect("setup alloc");
         let z = h3.alloc(50 << 10, 8).expect("setup alloc");
         let loc = h3.mem.locate(y).expect("small block");
         free_small(&h3.mem, &cache, y, loc, dead).expect("free into a cache");
@@ -948,8 +964,18 @@ fn corrupt_setup(seg: &Segment, a: &Heap<'_>, b: &Heap<'_>, knobs: u8) -> Known 
     for line in &hdr.heads {
         words(at(std::ptr::from_ref(&line.head).cast()), 8, false);
     }
+    // Table words: the first, second and last page of each run (a run's interior
+    // pages repeat its descriptor), and the two pages at the break.
     let brk = runs.last().map_or(0, |r| r.start + r.len);
-    for p in 0..(brk + 2).min(lay.npages) {
+    let mut pages: Vec<u64> = runs
+        .iter()
+        .flat_map(|r| [r.start, r.start + 1, r.start + r.len - 1])
+        .chain([brk, brk + 1])
+        .filter(|&p| p < lay.npages)
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    for p in pages {
         words(lay.pd_off + 8 * p, 8, false);
         words(lay.ow_off + 8 * p, 8, false);
     }
@@ -995,7 +1021,15 @@ fn poke_value(
 ) -> u64 {
     let live = tags[(p.raw & 1) as usize];
     let raw = p.raw;
-    match p.kind % 20 {
+    let mut kind = p.kind % 20;
+    if lock && matches!(kind, 14..=19) {
+        // Values made from the word itself or another word could name a live
+        // holder (a live handle's reader entry with a bumped count, a live tag
+        // copied from an owner word): such a lock is held, and waiting for it is
+        // the known hang reported separately (`heap_lock_forgery`).
+        kind = 0;
+    }
+    match kind {
         0 => raw,
         1 => 0,
         2 => u64::MAX,
@@ -1037,8 +1071,8 @@ fn poke_value(
 }
 
 /// A block a heap call handed out under corruption must still lie in the data
-/// pages, aligned; the harness then writes its first and last bytes, as a user
-/// would.
+/// pages, aligned; the harness then writes its first and last words, as a user
+/// would (whole words: see [`stamp_ranges`]).
 fn check_handed_out(k: &Known, heap: &Heap<'_>, off: u64, size: usize, align: usize) {
     let end = off.checked_add(size as u64);
     assert!(
@@ -1054,11 +1088,13 @@ fn check_handed_out(k: &Known, heap: &Heap<'_>, off: u64, size: usize, align: us
         "block {off:#x} is not {align}-aligned"
     );
     let p = heap.mem.ptr(off);
-    // SAFETY: [off, off + size) lies in the data pages (checked above), inside the
+    let last = (size - 1) / 8 * 8;
+    // SAFETY: [off, off + size rounded up to 8) lies in the data pages (checked
+    // above; off is 16-aligned and the data pages end on a page), inside the
     // mapping; the heap says the block is ours.
     unsafe {
-        p.write(0xa5);
-        p.add(size - 1).write(0x5a);
+        p.cast::<u64>().write(0xa5a5_a5a5_a5a5_a5a5);
+        p.add(last).cast::<u64>().write(0x5a5a_5a5a_5a5a_5a5a);
     }
 }
 
@@ -1135,19 +1171,21 @@ fn corrupt_step(k: &mut Known, seg: &Segment, heaps: [&Heap<'_>; 2], op: u8, inp
                 heap.adopt(off)
             };
         }
-        _ => fresh_handle(k, seg, inp),
+        _ => fresh_handle(k, seg, inp, true),
     }
 }
 
 /// A new handle attaches to the corrupted heap and uses it.
-fn fresh_handle(k: &mut Known, seg: &Segment, inp: &mut Bytes<'_>) {
+fn fresh_handle(k: &mut Known, seg: &Segment, inp: &mut Bytes<'_>, verify: bool) {
     let Ok(peer) = seg.try_clone() else {
         return;
     };
     let Ok(h) = timed("attach", || Heap::attach(&peer)) else {
         return;
     };
-    let _ = timed("verify", || h.verify());
+    if verify {
+        let _ = timed("verify", || h.verify());
+    }
     let (size, align) = (pick_valid_size(inp), pick_valid_align(inp));
     if let Ok(off) = timed("alloc", || h.alloc(size, align)) {
         check_handed_out(k, &h, off, size, align);
@@ -1156,6 +1194,62 @@ fn fresh_handle(k: &mut Known, seg: &Segment, inp: &mut Bytes<'_>) {
     let off = k.offset(inp.u64());
     let _ = timed("free", || h.free(off));
     timed("drop", || drop(h));
+}
+
+/// Every entry point once more, whatever the bytes chose: allocations of every
+/// kind (small, large, more than is free), frees of valid, freed and garbage
+/// offsets, reallocs, the walks, and a fresh handle.
+fn corrupt_tail(k: &mut Known, seg: &Segment, heaps: [&Heap<'_>; 2]) {
+    let [a, b] = heaps;
+    let r = timed("verify", || a.verify());
+    let _ = std::hint::black_box(r.to_string());
+    let _ = timed("stats", || a.stats());
+    for (size, align) in [
+        (700, 8),
+        (1000, 64),
+        (5000, 4096),
+        (40 << 10, 8),
+        (200 << 10, 8),
+        (CORRUPT_HEAP as usize / 2, 8),
+        (CORRUPT_HEAP as usize, 8),
+    ] {
+        if let Ok(off) = timed("alloc", || a.alloc(size, align)) {
+            check_handed_out(k, a, off, size, align);
+            k.live.push(off);
+        }
+    }
+    let valid: Vec<u64> = k.live.iter().take(6).copied().collect();
+    for (i, &off) in valid.iter().enumerate() {
+        check_extent(k, a, off);
+        let _ = a.state(off);
+        let _ = if i % 2 == 0 {
+            a.publish(off)
+        } else {
+            b.adopt(off)
+        };
+        let size = [16, 3000, 100 << 10][i % 3];
+        if let Ok(new) = timed("realloc", || heaps[i % 2].realloc(off, size, 8)) {
+            check_handed_out(k, heaps[i % 2], new, size, 8);
+            let _ = timed("free", || a.free(new));
+        }
+    }
+    let garbage = [k.data_off + 8, k.data_end, u64::MAX, 0];
+    for off in k.freed.iter().take(4).copied().chain(garbage) {
+        let _ = timed("free", || b.free(off));
+    }
+    for (i, off) in k.live.clone().into_iter().enumerate() {
+        let _ = timed("free", || heaps[i % 2].free(off));
+    }
+    let _ = timed("reclaim_dead", || a.reclaim_dead());
+    let _ = timed("trim", || a.trim());
+    for h in heaps {
+        let _ = timed("flush", || h.flush());
+    }
+    if let Ok(off) = timed("alloc", || b.alloc(300 << 10, 8)) {
+        check_handed_out(k, b, off, 300 << 10, 8);
+        let _ = timed("free", || b.free(off));
+    }
+    fresh_handle(k, seg, &mut Bytes(&[]), false);
 }
 
 /// Builds a heap, overwrites metadata words as `pokes` say, and runs operations
@@ -1187,6 +1281,14 @@ fn corrupt_case(knobs: u8, pokes: &[Poke], inp: &mut Bytes<'_>, exact: bool) -> 
         let v = poke_value(&k, p, t.lock, w.load(Ordering::Relaxed), tags, |i| {
             word(i).load(Ordering::Relaxed)
         });
+        if std::env::var_os("SHMKIT_FUZZ_TRACE").is_some() {
+            eprintln!(
+                "poke {p:?} -> target {} {t:?} (rel to heap {:#x}): {:#x} -> {v:#x}",
+                p.target % n,
+                t.off - a.mem.lay.heap_off,
+                w.load(Ordering::Relaxed)
+            );
+        }
         w.store(v, Ordering::Relaxed);
     }
     let heaps = [&a, &b];
@@ -1197,11 +1299,7 @@ fn corrupt_case(knobs: u8, pokes: &[Poke], inp: &mut Bytes<'_>, exact: bool) -> 
         let op = inp.u8();
         corrupt_step(&mut k, &seg, heaps, op, inp);
     }
-    // Every entry point once more, whatever the bytes chose.
-    let mut tail = Bytes(&[]);
-    for op in [0, 1, 2, 6, 4, 5, 10, 7, 8, 9, 0x80, 0x82, 0x87, 0x88, 11] {
-        corrupt_step(&mut k, &seg, heaps, op, &mut tail);
-    }
+    corrupt_tail(&mut k, &seg, heaps);
     timed("drop", || drop(b));
     timed("drop", || drop(a));
     true
@@ -1216,6 +1314,9 @@ fn corrupt_case(knobs: u8, pokes: &[Poke], inp: &mut Bytes<'_>, exact: bool) -> 
 /// `reclaim_dead`, `trim`, `flush`, a fresh attach) as `data` says and once more
 /// each. Every call must return, `Ok` or `Err`: never panic, hang or touch memory
 /// outside the segment; blocks handed out must lie in the heap's data pages.
+///
+/// With `SHMKIT_FUZZ_TRACE` set in the environment, each overwrite is printed
+/// (target, old and new value): how to read a crashing input.
 ///
 /// # Panics
 ///
@@ -1248,4 +1349,95 @@ pub fn heap_corrupt_word(target: usize, kind: u8) -> bool {
         raw: 0,
     };
     corrupt_case(0, &[poke], &mut Bytes(&[]), true)
+}
+
+/// A regression case (found by the heap_corrupt fuzzer, fixed): heap calls took the
+/// page lock and the transfer lock without a deadline, so a lock word that a peer
+/// (or stray write) made name a live process blocked them forever; now they give up
+/// after `LOCK_WAIT` with an error. `which` 0: the page lock's
+/// word names the second handle, then the first allocates (waits in
+/// `Mutex::lock`); 1: the second handle's reader entry in the transfer lock shows
+/// one share, then the first calls `reclaim_dead` (waits in `RwLock::write`).
+/// Returns when the call returns (within a few seconds).
+///
+/// # Panics
+///
+/// If setting the case up fails.
+pub fn heap_lock_forgery(which: u8) {
+    let seg = SegmentOptions::heap()
+        .max_size(CORRUPT_HEAP)
+        .create()
+        .expect("a heap segment");
+    let peer = seg.try_clone().expect("a second handle");
+    let a = Heap::attach(&seg).expect("attach");
+    let b = Heap::attach(&peer).expect("attach the second handle");
+    // The second handle takes and releases a read share once (its reader entry
+    // then carries its incarnation).
+    let off = b.alloc(64, 8).expect("alloc");
+    b.free(off).expect("free");
+    b.flush().expect("flush");
+    let hdr = a.mem.hdr;
+    let base = seg.as_ptr() as usize;
+    let at = |p: *const u8| (p as usize - base) as u64;
+    if which == 0 {
+        let w = a
+            .mem
+            .word(at(std::ptr::from_ref(&hdr.page_lock).cast()))
+            .expect("lock word");
+        w.store(peer.owner_tag().bits(), Ordering::Relaxed);
+        let _ = a.alloc(64, 8);
+    } else {
+        // RwLock: state, seq, _reserved1, drain, _reserved, then one reader entry
+        // per slot (24 bytes in).
+        let entry = at(std::ptr::from_ref(&hdr.transfer).cast()) + 24 + 8 * u64::from(peer.slot());
+        let w = a.mem.word(entry).expect("reader entry");
+        let v = w.load(Ordering::Relaxed);
+        assert_ne!(v, 0, "the second handle's reader entry is set");
+        w.store(v | 1, Ordering::Relaxed);
+        let _ = a.reclaim_dead();
+    }
+}
+
+/// A regression case (found by the heap_ops model, fixed: realloc now takes the
+/// block over before allocating): `realloc` of a large block owned
+/// by a dead handle, on a full heap. Its allocation runs out of memory, recovers
+/// space by reclaiming dead handles' blocks, which frees the very block being
+/// reallocated, and gets its pages back: the "new" block is the old one. `realloc`
+/// then copies the block onto itself (`copy_nonoverlapping` with overlapping
+/// ranges: undefined behaviour; debug builds abort on it) and frees it, returning
+/// `Ok` with the offset of a block that is free.
+///
+/// Returns realloc's answer and, if it is a block, that block's state afterwards
+/// (which should be owned by the caller).
+///
+/// # Panics
+///
+/// If setting the case up fails.
+pub fn heap_realloc_of_a_reclaimed_block() -> (Result<u64>, Option<Result<BlockState>>) {
+    let seg = SegmentOptions::heap()
+        .max_size(CORRUPT_HEAP)
+        .create()
+        .expect("a heap segment");
+    let a = Heap::attach(&seg).expect("attach");
+    let seg3 = seg.try_clone().expect("a third handle");
+    let h3 = Heap::attach(&seg3).expect("attach");
+    // The third handle's block comes first; then the heap is filled to the brim
+    // (while the third handle lives, so recovery finds nothing to reclaim).
+    let old = h3.alloc(256 << 10, 8).expect("alloc");
+    let mut fill = Vec::new();
+    for size in [256 << 10, 16 << 10, 4 << 10] {
+        while let Ok(off) = a.alloc(size, 8) {
+            fill.push(off);
+        }
+    }
+    h3.flush().expect("flush");
+    // SAFETY: no guard taken through `seg3` is alive.
+    unsafe { seg3.simulate_crash_now() };
+    drop(h3);
+    drop(seg3);
+    // Half the size: not in place; 32 pages, which only the dead block's pages
+    // can give once reclaimed.
+    let r = a.realloc(old, 128 << 10, 8);
+    let state = r.as_ref().ok().map(|&new| a.state(new));
+    (r, state)
 }

@@ -1,5 +1,10 @@
-//! Replays the fuzz corpora under `cargo test`, and runs a deterministic sweep of
-//! single-byte corruptions of a valid image through the same entry point.
+//! Replays the fuzz corpora under `cargo test`, and runs deterministic sweeps
+//! through the same entry points: single-byte corruptions of a valid segment image,
+//! and bad values in every word of a small heap's metadata.
+//!
+//! Under miri (`MIRIFLAGS="-Zmiri-permissive-provenance -Zmiri-disable-isolation"
+//! cargo +nightly miri test --test fuzz_replay`) only a few corpus files and a
+//! sample of the sweeps run.
 
 use std::path::Path;
 
@@ -16,6 +21,25 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
         .collect();
     files.sort();
     files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Heap corpus files replayed under miri, where a heap case takes a minute or more
+/// (every `verify` and `reclaim_dead` walks each block of each span).
+const MIRI_CASES: usize = 2;
+/// Under miri, the heap cases replayed are those nearest this many bytes (a few
+/// operations each).
+const MIRI_LEN: usize = 48;
+
+/// A heap target's corpus: all of it, or under miri the [`MIRI_CASES`] files
+/// nearest [`MIRI_LEN`] bytes.
+fn heap_corpus(target: &str) -> Vec<Vec<u8>> {
+    let mut cases = corpus(target);
+    assert!(!cases.is_empty(), "the {target} corpus is empty");
+    if cfg!(miri) {
+        cases.sort_by(|a, b| (a.len().abs_diff(MIRI_LEN), a).cmp(&(b.len().abs_diff(MIRI_LEN), b)));
+        cases.truncate(MIRI_CASES);
+    }
+    cases
 }
 
 /// The bytes of a fresh, valid heap segment with `slots` registry slots.
@@ -61,6 +85,92 @@ fn a_registry_full_of_garbage_is_reclaimed() {
         *b = 0xa5;
     }
     shmkit::fuzzing::open_segment(&img);
+}
+
+#[test]
+fn the_heap_ops_corpus_replays_cleanly() {
+    for case in &heap_corpus("heap_ops") {
+        shmkit::fuzzing::heap_ops(case);
+    }
+}
+
+#[test]
+fn the_heap_corrupt_corpus_replays_cleanly() {
+    for case in &heap_corpus("heap_corrupt") {
+        shmkit::fuzzing::heap_corrupt(case);
+    }
+}
+
+#[test]
+fn heap_ops_without_operations_leaves_a_clean_heap() {
+    shmkit::fuzzing::heap_ops(&[]);
+}
+
+/// Values the sweep writes (kinds of `shmkit::fuzzing::heap_corrupt_word`): 0,
+/// `u64::MAX`, `1 << 63`, and a valid-looking block offset.
+const SWEEP_VALUES: [u8; 4] = [1, 2, 3, 10];
+
+#[test]
+fn every_heap_metadata_word_overwritten_with_a_bad_value_is_handled() {
+    if cfg!(miri) {
+        // A sample: the break set past the table, the free-page count gone huge, a
+        // page descriptor pointing at a block (targets 7 and 9 are `brk` and
+        // `free_pages`; the page tables come after the header's words).
+        for (word, kind) in [(7, 2), (9, 3), (150, 10)] {
+            assert!(shmkit::fuzzing::heap_corrupt_word(word, kind));
+        }
+        return;
+    }
+    let mut word = 0;
+    while SWEEP_VALUES
+        .iter()
+        .all(|&kind| shmkit::fuzzing::heap_corrupt_word(word, kind))
+    {
+        word += 1;
+    }
+    assert!(word > 150, "only {word} metadata words to sweep");
+}
+
+/// Regression (found by the heap_ops model): `realloc` of a dead handle's block on a
+/// full heap used to reclaim that very block while allocating, copy it onto itself
+/// and return a freed block. It now takes the block over first.
+#[test]
+
+fn realloc_of_a_dead_handles_block_on_a_full_heap_never_returns_a_free_block() {
+    let (r, state) = shmkit::fuzzing::heap_realloc_of_a_reclaimed_block();
+    match r {
+        Ok(new) => assert!(
+            matches!(state, Some(Ok(shmkit::alloc::BlockState::Owned(_)))),
+            "realloc returned {new:#x}, whose state is {state:?}"
+        ),
+        Err(e) => assert!(
+            matches!(
+                e,
+                shmkit::Error::OutOfMemory { .. } | shmkit::Error::BadBlock { .. }
+            ),
+            "{e}"
+        ),
+    }
+}
+
+/// Regression (found by the heap_corrupt fuzzer): heap calls waited for the page
+/// lock and the transfer lock without a deadline, so a lock word that names a live
+/// process (a stray write, a buggy peer) hung them for good. They now give up with
+/// an error after a few seconds.
+#[test]
+
+fn a_heap_lock_forged_to_name_a_live_handle_does_not_hang() {
+    for which in 0..2 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            shmkit::fuzzing::heap_lock_forgery(which);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+            "case {which}: still waiting after 10 s"
+        );
+    }
 }
 
 /// Regenerates the seed corpus (run by hand after a format change).

@@ -217,7 +217,12 @@ impl<'s> Heap<'s> {
 
     /// Takes the page lock, replaying the journal of a holder that died.
     pub(crate) fn page_lock(&self) -> Result<MutexGuard<'_, ()>> {
-        match self.mem.hdr.page_lock.lock(self.mem.seg) {
+        match self
+            .mem
+            .hdr
+            .page_lock
+            .lock_for(self.mem.seg, pool::LOCK_WAIT)
+        {
             Ok(g) => Ok(g),
             Err(LockError::OwnerDied(mut g)) => {
                 pages::replay(&self.mem);
@@ -423,9 +428,13 @@ impl<'s> Heap<'s> {
 
     /// Gives the cached large runs back to the page level.
     fn flush_large(&self) -> Result<()> {
+        let runs = self.large.drain();
+        if runs.is_empty() {
+            return Ok(());
+        }
         let me = self.me()?;
         let _pl = self.page_lock()?;
-        for (start, n) in self.large.drain() {
+        for (start, n) in runs {
             let Some(r) = pages::run_at(&self.mem, start)
                 .filter(|r| r.kind == LARGE && r.start == start && r.len == n)
             else {
@@ -630,21 +639,46 @@ impl<'s> Heap<'s> {
     /// ```
     pub fn realloc(&self, off: u64, new_size: usize, align: usize) -> Result<u64> {
         check_request(new_size as u64, align as u64)?;
-        let old = self.usable_size(off)?;
+        let me = self.me()?;
+        let (ow, old) = self.owner_of(off)?;
         let want = new_size as u64;
+        let w = ow.load(Ordering::Acquire);
+        used(w, off)?;
         // Stay in place if it fits without wasting more than half the block.
-        if want > 0 && want <= old && want * 2 > old && off % (align.max(1) as u64) == 0 {
+        if want <= old && want * 2 > old && off % (align as u64) == 0 {
             return Ok(off);
         }
-        let new = self.alloc(new_size, align)?;
-        let n = old.min(new_size as u64) as usize;
-        // SAFETY: both blocks are allocated (checked above and just now) and at
-        // least `n` bytes long; distinct blocks never overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.mem.ptr(off), self.mem.ptr(new), n) };
-        if let Err(e) = self.free(off) {
-            let _ = self.free(new);
-            return Err(e);
+        // Take the block over first (Owned(me)): while we copy, a reclaim of its
+        // old owner (dead, perhaps) must not free it, nor a racing free.
+        let mine = BlockState::Owned(me).to_word();
+        // SYNC: Acquire pairs with the Release of a publish: its writes are
+        // visible before we copy.
+        if w != mine
+            && ow
+                .compare_exchange(w, mine, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return Err(Error::BadBlock {
+                offset: off,
+                reason: "changed hands during realloc",
+            });
         }
+        let new = match self.alloc(new_size, align) {
+            Ok(new) => new,
+            Err(e) => {
+                // Give it back as we found it.
+                let _ = ow.compare_exchange(mine, w, Ordering::Release, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let n = old.min(want) as usize;
+        // SAFETY: both blocks are allocated and ours (`off` claimed above, `new`
+        // just allocated) and at least `n` bytes long; distinct blocks never
+        // overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.mem.ptr(off), self.mem.ptr(new), n) };
+        // Ours since the claim: the free cannot fail before its commit point
+        // except on corrupt metadata, and then the new block is still valid.
+        let _ = self.free(off);
         Ok(new)
     }
 

@@ -27,6 +27,11 @@ use super::list;
 use super::mem::{Loc, Mem};
 use super::owner::{BlockState, FREE_WORD};
 
+/// How long a heap operation waits for a lock held by a live process before it
+/// gives up with an error: holds are microseconds to milliseconds, so this only
+/// triggers on a stopped process or a forged lock word (a hang would be worse).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reader entries of the transfer lock (slots beyond it take the write side).
 pub const TRANSFER_READERS: usize = 128;
 
@@ -49,7 +54,7 @@ pub enum TransferGuard<'a> {
 /// [`Error::ForkedHandle`]-like refusal for a handle naming nobody; a lock that
 /// can never be taken again is reported as corruption.
 pub fn transfer_lock<'a, C: Context>(rw: &'a TransferLock, cx: &'a C) -> Result<TransferGuard<'a>> {
-    match rw.read(cx) {
+    match rw.read_for(cx, LOCK_WAIT) {
         Ok(g) | Err(LockError::OwnerDied(g)) => Ok(TransferGuard::Read(g)),
         Err(LockError::NoReaderEntry { .. }) => exclusive(rw, cx).map(TransferGuard::Write),
         Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
@@ -68,7 +73,7 @@ pub fn exclusive<'a, C: Context>(
     rw: &'a TransferLock,
     cx: &'a C,
 ) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
-    match rw.write(cx) {
+    match rw.write_for(cx, LOCK_WAIT) {
         Ok(g) => Ok(g),
         Err(LockError::OwnerDied(mut g)) => {
             g.make_consistent();
@@ -104,9 +109,12 @@ pub fn lock_error(what: &'static str, e: LockError<()>) -> Error {
         LockError::NotAttached => Error::InvalidArgument(
             "this handle acts for no registry slot (forked without after_fork?)",
         ),
-        LockError::TimedOut | LockError::WouldBlock => {
-            Error::corrupt(what, "timed out waiting for a live holder")
-        }
+        LockError::TimedOut | LockError::WouldBlock => Error::corrupt(
+            what,
+            format!(
+                "held longer than {LOCK_WAIT:?} by a live process (stopped, or a forged lock word)"
+            ),
+        ),
         other => Error::corrupt(what, format!("cannot be acquired: {other:?}")),
     }
 }
