@@ -1354,16 +1354,21 @@ pub fn heap_corrupt_word(target: usize, kind: u8) -> bool {
 /// A regression case (found by the heap_corrupt fuzzer, fixed): heap calls took the
 /// page lock and the transfer lock without a deadline, so a lock word that a peer
 /// (or stray write) made name a live process blocked them forever; now they give up
-/// after `LOCK_WAIT` with an error. `which` 0: the page lock's
-/// word names the second handle, then the first allocates (waits in
-/// `Mutex::lock`); 1: the second handle's reader entry in the transfer lock shows
-/// one share, then the first calls `reclaim_dead` (waits in `RwLock::write`).
-/// Returns when the call returns (within a few seconds).
+/// after `LOCK_WAIT` with an error. `which` 0: the page lock's word names the
+/// second handle, then the first allocates a large block (its pages come from the
+/// page level: waits in `Mutex::lock_for`); 1: the second handle's reader entry in
+/// the transfer lock shows one share, then the first calls `reclaim_dead` (waits
+/// in `RwLock::write_for`). Returns what the blocked call returned (a corruption
+/// error, after the wait).
+///
+/// # Errors
+///
+/// The blocked call's: [`Error::Corrupt`] naming the lock.
 ///
 /// # Panics
 ///
 /// If setting the case up fails.
-pub fn heap_lock_forgery(which: u8) {
+pub fn heap_lock_forgery(which: u8) -> Result<()> {
     let seg = SegmentOptions::heap()
         .max_size(CORRUPT_HEAP)
         .create()
@@ -1385,7 +1390,9 @@ pub fn heap_lock_forgery(which: u8) {
             .word(at(std::ptr::from_ref(&hdr.page_lock).cast()))
             .expect("lock word");
         w.store(peer.owner_tag().bits(), Ordering::Relaxed);
-        let _ = a.alloc(64, 8);
+        // A small block would come from the free list the second handle filled,
+        // without the page lock.
+        a.alloc(100 << 10, 8).map(drop)
     } else {
         // RwLock: state, seq, _reserved1, drain, _reserved, then one reader entry
         // per slot (24 bytes in).
@@ -1394,7 +1401,7 @@ pub fn heap_lock_forgery(which: u8) {
         let v = w.load(Ordering::Relaxed);
         assert_ne!(v, 0, "the second handle's reader entry is set");
         w.store(v | 1, Ordering::Relaxed);
-        let _ = a.reclaim_dead();
+        a.reclaim_dead().map(drop)
     }
 }
 
