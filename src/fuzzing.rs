@@ -223,10 +223,9 @@ fn write_stamp(heap: &Heap<'_>, off: u64, size: usize, stamp: u64) {
     let p = heap.ptr(off).expect("a live block has a pointer").as_ptr();
     for r in stamp_ranges(size) {
         let want = stamp_bytes(stamp, &r);
-        // SAFETY: r.end <= size rounded up to 8 <= usable_size(off) (a multiple of
-        // 16, checked when the block was admitted): inside the live block at `off`,
-        // which this case holds and nothing else reads or writes; `want` is a
-        // local array.
+        // r.end <= size rounded up to 8 <= usable_size(off), checked on admission.
+        // SAFETY: inside the live block at `off`, which only this case touches;
+        // `want` is a local array.
         unsafe { std::ptr::copy_nonoverlapping(want.as_ptr(), p.add(r.start), r.len()) };
     }
 }

@@ -294,6 +294,8 @@ impl<'s> Heap<'s> {
                     .is_some_and(|r| r.kind == LARGE && r.start == start && r.len == n);
                 // The CAS (not a load) catches a peer that rewrote the word: a
                 // tampered cache entry is dropped and the run left alone.
+                // SYNC: Acquire, as every owner-word claim: pairs with the Release
+                // of a publish or of the journal's owner store.
                 if ok
                     && ow
                         .compare_exchange(
@@ -442,6 +444,7 @@ impl<'s> Heap<'s> {
             };
             // Claim it back before releasing it (it is ours only if the word still
             // says so; a crash after the CAS leaves it Owned(me) for reclaim).
+            // SYNC: Acquire pairs with the Release of the journal's owner store.
             if self
                 .mem
                 .owner(start)
@@ -666,7 +669,8 @@ impl<'s> Heap<'s> {
         let new = match self.alloc(new_size, align) {
             Ok(new) => new,
             Err(e) => {
-                // Give it back as we found it.
+                // Give it back as we found it. SYNC: Release pairs with the Acquire
+                // of whoever claims it next (free, adopt).
                 let _ = ow.compare_exchange(mine, w, Ordering::Release, Ordering::Relaxed);
                 return Err(e);
             }
@@ -738,6 +742,8 @@ impl<'s> Heap<'s> {
             };
             // Claim it for us first (a crash from here on leaves it ours, dead, for
             // the next reclaim), then free it in one journalled transaction.
+            // SYNC: Acquire pairs with the journal's Release owner store; the dead
+            // owner's own writes are ordered by the registry's liveness verdict.
             if ow
                 .compare_exchange(
                     w,

@@ -73,14 +73,7 @@ pub fn exclusive<'a, C: Context>(
     rw: &'a TransferLock,
     cx: &'a C,
 ) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
-    match rw.write_for(cx, LOCK_WAIT) {
-        Ok(g) => Ok(g),
-        Err(LockError::OwnerDied(mut g)) => {
-            g.make_consistent();
-            Ok(g)
-        }
-        Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
-    }
+    exclusive_for(rw, cx, LOCK_WAIT)
 }
 
 /// [`exclusive`], waiting at most `wait` for the readers (transfers) to leave.
@@ -357,6 +350,7 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
     if w != own && mem.locate(b) != Some(loc) {
         // A double free raced with the span's trim and reuse: the word we took
         // belongs to something else now. Put it back; the offset is stale.
+        // Relaxed: we publish nothing (the block was never ours to use).
         let _ = ow.compare_exchange(mine, w, Ordering::Relaxed, Ordering::Relaxed);
         return Err(Error::BadBlock {
             offset: b,
@@ -436,7 +430,8 @@ pub fn reclaim<M: Mem>(
                     continue;
                 }
                 // A live process may free a dead owner's block concurrently: the
-                // CAS decides.
+                // CAS decides. SYNC: Acquire, as every owner-word claim; the dead
+                // owner's writes are ordered by the registry's liveness verdict.
                 if ow
                     .compare_exchange(w, FREE_WORD, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()

@@ -213,6 +213,8 @@ impl<'s> SegMem<'s> {
             } else {
                 return Err(Error::corrupt("heap header", format!("state {s:#x}")));
             };
+            // SYNC: Acquire on winning orders our body writes after the CAS; the
+            // body is published by the Release store of READY below.
             if take
                 && state
                     .compare_exchange(
@@ -223,10 +225,9 @@ impl<'s> SegMem<'s> {
                     )
                     .is_ok()
             {
-                // SAFETY: we won the BUILDING state, so no process reads the body
-                // until READY (attachers wait on `state`); the place is in bounds
-                // and aligned as above, and the pointer comes from the mapping's
-                // base, not from the shared reference.
+                // Built through the mapping's base pointer, not the shared reference.
+                // SAFETY: we hold BUILDING, so nobody reads the body until READY;
+                // in bounds and aligned as above.
                 unsafe { std::ptr::addr_of_mut!((*header_ptr).body).write(HeapBody::new(&lay)) };
                 // SYNC: Release publishes the body; pairs with the Acquire above.
                 state.store(READY, Ordering::Release);
