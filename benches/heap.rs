@@ -19,7 +19,7 @@ use shmkit::alloc::Heap;
 
 const SIZES: [usize; 4] = [16, 256, 4096, 65536];
 
-fn shm_pairs(heap: &Heap<'_>, size: usize, n: u64) {
+fn shm_pairs(heap: &Heap, size: usize, n: u64) {
     for i in 0..n {
         let off = heap.alloc(size, 8).unwrap();
         // SAFETY: a live block of at least `size` >= 1 bytes that we own.

@@ -219,7 +219,7 @@ fn stamp_bytes(stamp: u64, range: &std::ops::Range<usize>) -> [u8; STAMP_EDGE] {
     std::array::from_fn(|j| pattern(stamp, range.start + j))
 }
 
-fn write_stamp(heap: &Heap<'_>, off: u64, size: usize, stamp: u64) {
+fn write_stamp(heap: &Heap, off: u64, size: usize, stamp: u64) {
     let p = heap.ptr(off).expect("a live block has a pointer").as_ptr();
     for r in stamp_ranges(size) {
         let want = stamp_bytes(stamp, &r);
@@ -232,7 +232,7 @@ fn write_stamp(heap: &Heap<'_>, off: u64, size: usize, stamp: u64) {
 
 /// Checks the stamp of the block at `off` below `upto` (as written for a block of
 /// `size` with `stamp`).
-fn check_stamp(heap: &Heap<'_>, off: u64, size: usize, stamp: u64, upto: usize) {
+fn check_stamp(heap: &Heap, off: u64, size: usize, stamp: u64, upto: usize) {
     let p = heap
         .ptr(off)
         .unwrap_or_else(|e| panic!("live block {off:#x} has no pointer: {e}"))
@@ -280,7 +280,7 @@ struct Block {
 /// heap can tell), and what they should hold.
 struct Ops<'h, 's> {
     seg: &'s Segment,
-    heaps: [&'h Heap<'s>; 2],
+    heaps: [&'h Heap; 2],
     tags: [OwnerTag; 2],
     live: BTreeMap<u64, Block>,
     /// Blocks in the caches of dead handles: (offset, usable, owner).
@@ -297,7 +297,7 @@ struct Ops<'h, 's> {
 }
 
 impl<'h, 's> Ops<'h, 's> {
-    fn new(seg: &'s Segment, heaps: [&'h Heap<'s>; 2], tags: [OwnerTag; 2]) -> Self {
+    fn new(seg: &'s Segment, heaps: [&'h Heap; 2], tags: [OwnerTag; 2]) -> Self {
         let lay = heaps[0].mem.lay;
         Self {
             seg,
@@ -341,7 +341,7 @@ impl<'h, 's> Ops<'h, 's> {
 
     /// Takes a fresh block into the model: aligned, big enough, inside the data
     /// area, overlapping nothing live, in the expected state; then stamps it.
-    fn admit(&mut self, heap: &Heap<'_>, off: u64, size: usize, align: usize, holder: Holder) {
+    fn admit(&mut self, heap: &Heap, off: u64, size: usize, align: usize, holder: Holder) {
         assert_eq!(
             off % align as u64,
             0,
@@ -857,7 +857,7 @@ impl Known {
 /// Builds a heap with something of everything: spans of several classes, blocks
 /// owned by two live handles, published blocks, free lists, cached blocks, a
 /// cached and a released large run, and a dead handle's owned and cached blocks.
-fn corrupt_setup(seg: &Segment, a: &Heap<'_>, b: &Heap<'_>, knobs: u8) -> Known {
+fn corrupt_setup(seg: &Segment, a: &Heap, b: &Heap, knobs: u8) -> Known {
     let mut live = Vec::new();
     let mut freed = Vec::new();
     // Classes with few blocks per span (128 at most): the walks of every block in
@@ -938,7 +938,7 @@ fn corrupt_setup(seg: &Segment, a: &Heap<'_>, b: &Heap<'_>, knobs: u8) -> Known 
     // spans' first owner words, and the link words of listed blocks.
     let base = seg.as_ptr() as usize;
     let at = |p: *const u8| (p as usize - base) as u64;
-    let hdr = mem.hdr;
+    let hdr = mem.hdr();
     let mut targets = Vec::new();
     let mut words = |start: u64, bytes: usize, lock: bool| {
         for i in 0..(bytes / 8) as u64 {
@@ -1072,7 +1072,7 @@ fn poke_value(
 /// A block a heap call handed out under corruption must still lie in the data
 /// pages, aligned; the harness then writes its first and last words, as a user
 /// would (whole words: see [`stamp_ranges`]).
-fn check_handed_out(k: &Known, heap: &Heap<'_>, off: u64, size: usize, align: usize) {
+fn check_handed_out(k: &Known, heap: &Heap, off: u64, size: usize, align: usize) {
     let end = off.checked_add(size as u64);
     assert!(
         off >= k.data_off && end.is_some_and(|e| e <= k.data_end),
@@ -1098,7 +1098,7 @@ fn check_handed_out(k: &Known, heap: &Heap<'_>, off: u64, size: usize, align: us
 }
 
 /// `usable_size` (and so `ptr`) must describe memory inside the data pages.
-fn check_extent(k: &Known, heap: &Heap<'_>, off: u64) {
+fn check_extent(k: &Known, heap: &Heap, off: u64) {
     if let Ok(u) = heap.usable_size(off) {
         assert!(
             off >= k.data_off && off.checked_add(u).is_some_and(|e| e <= k.data_end),
@@ -1112,7 +1112,7 @@ fn check_extent(k: &Known, heap: &Heap<'_>, off: u64) {
 
 /// One operation on a corrupted heap: anything but a panic, a hang or a memory
 /// error is fine.
-fn corrupt_step(k: &mut Known, seg: &Segment, heaps: [&Heap<'_>; 2], op: u8, inp: &mut Bytes<'_>) {
+fn corrupt_step(k: &mut Known, seg: &Segment, heaps: [&Heap; 2], op: u8, inp: &mut Bytes<'_>) {
     let heap = heaps[usize::from(op >> 7)];
     match op % 12 {
         0 => {
@@ -1198,7 +1198,7 @@ fn fresh_handle(k: &mut Known, seg: &Segment, inp: &mut Bytes<'_>, verify: bool)
 /// Every entry point once more, whatever the bytes chose: allocations of every
 /// kind (small, large, more than is free), frees of valid, freed and garbage
 /// offsets, reallocs, the walks, and a fresh handle.
-fn corrupt_tail(k: &mut Known, seg: &Segment, heaps: [&Heap<'_>; 2]) {
+fn corrupt_tail(k: &mut Known, seg: &Segment, heaps: [&Heap; 2]) {
     let [a, b] = heaps;
     let r = timed("verify", || a.verify());
     let _ = std::hint::black_box(r.to_string());
@@ -1380,7 +1380,7 @@ pub fn heap_lock_forgery(which: u8) -> Result<()> {
     let off = b.alloc(64, 8).expect("alloc");
     b.free(off).expect("free");
     b.flush().expect("flush");
-    let hdr = a.mem.hdr;
+    let hdr = a.mem.hdr();
     let base = seg.as_ptr() as usize;
     let at = |p: *const u8| (p as usize - base) as u64;
     if which == 0 {

@@ -232,7 +232,7 @@ impl Control {
 
 /// The control block at `off`, which must stay allocated while the reference is
 /// used (the parent frees it only after every worker has left).
-fn control<'h>(heap: &'h Heap<'_>, off: u64) -> &'h Control {
+fn control<'h>(heap: &'h Heap, off: u64) -> &'h Control {
     let size = heap
         .usable_size(off)
         .expect("the control block is allocated");
@@ -357,7 +357,7 @@ unsafe fn word_at<'a>(base: std::ptr::NonNull<u8>, at: u64) -> &'a AtomicU64 {
 }
 
 /// Stamps a block we just allocated (`b.usable` is its usable size).
-fn write_stamp(heap: &Heap<'_>, b: &Block) -> Result<(), String> {
+fn write_stamp(heap: &Heap, b: &Block) -> Result<(), String> {
     let base = heap
         .ptr(b.off)
         .map_err(|e| format!("block {b:?} just allocated: ptr: {e}"))?;
@@ -371,7 +371,7 @@ fn write_stamp(heap: &Heap<'_>, b: &Block) -> Result<(), String> {
 
 /// Checks the stamp of a block we hold (or are about to free): it must still be
 /// allocated, of the same usable size, and carry exactly the words we wrote.
-fn check_stamp(heap: &Heap<'_>, b: &Block) -> Result<(), String> {
+fn check_stamp(heap: &Heap, b: &Block) -> Result<(), String> {
     let state = heap.state(b.off);
     let size = heap.usable_size(b.off);
     if size.as_ref().ok() != Some(&b.usable) {
@@ -519,8 +519,8 @@ fn worker_main() {
     say("done");
 }
 
-struct Worker<'h, 's> {
-    heap: &'h Heap<'s>,
+struct Worker<'h> {
+    heap: &'h Heap,
     ctl: &'h Control,
     me: &'h WorkerWords,
     index: usize,
@@ -531,7 +531,7 @@ struct Worker<'h, 's> {
     next_rare: Instant,
 }
 
-impl Worker<'_, '_> {
+impl Worker<'_> {
     /// Says what went wrong and exits with `code`: the parent fails the test.
     fn fail(&self, code: i32, what: impl std::fmt::Display) -> ! {
         self.ctl.count(FAILURES);
@@ -1151,7 +1151,7 @@ fn spin_for(d: Duration) {
 
 /// Runs `verify` and fails unless it is clean and quiescent and no dead owner holds
 /// anything. Returns the report.
-fn verify_clean(heap: &Heap<'_>, tally: &mut Tally, when: &str) -> Report {
+fn verify_clean(heap: &Heap, tally: &mut Tally, when: &str) -> Report {
     let t = Instant::now();
     let report = heap.verify();
     let took = t.elapsed();
@@ -1182,7 +1182,7 @@ fn verify_clean(heap: &Heap<'_>, tally: &mut Tally, when: &str) -> Report {
 
 /// Takes `k`'s block back from the shared state (adopt), checks its stamp and
 /// frees it. Returns its usable size.
-fn adopt_check_free(heap: &Heap<'_>, k: u64, what: &str) -> u64 {
+fn adopt_check_free(heap: &Heap, k: u64, what: &str) -> u64 {
     let off = key_off(k);
     heap.adopt(off)
         .unwrap_or_else(|e| panic!("{what}: adopt {off:#x} (serial {}): {e}", key_serial(k)));

@@ -79,7 +79,7 @@ fn stamp_of(seed: u64, len: usize) -> &'static [u8] {
 }
 
 /// Writes the stamp of `seed` over the first `len` bytes of block `off`.
-fn stamp(heap: &Heap<'_>, off: u64, len: usize, seed: u64) {
+fn stamp(heap: &Heap, off: u64, len: usize, seed: u64) {
     assert!(len as u64 <= heap.usable_size(off).unwrap());
     let src = stamp_of(seed, len);
     let dst = heap.ptr(off).unwrap();
@@ -91,7 +91,7 @@ fn stamp(heap: &Heap<'_>, off: u64, len: usize, seed: u64) {
 
 /// Whether the first `len` bytes of block `off` still hold the stamp of `seed`.
 #[track_caller]
-fn check_stamp(heap: &Heap<'_>, off: u64, len: usize, seed: u64) {
+fn check_stamp(heap: &Heap, off: u64, len: usize, seed: u64) {
     assert!(len as u64 <= heap.usable_size(off).unwrap());
     let p = heap.ptr(off).unwrap();
     // SAFETY: the block is allocated and at least `len` bytes long (checked above);
@@ -119,7 +119,7 @@ impl Blocks {
     /// Records a fresh block of at least `size` bytes, checks it overlaps no other,
     /// and stamps its whole usable size.
     #[track_caller]
-    fn add(&mut self, heap: &Heap<'_>, off: u64, size: u64) -> u64 {
+    fn add(&mut self, heap: &Heap, off: u64, size: u64) -> u64 {
         let usable = heap.usable_size(off).unwrap();
         assert!(usable >= size, "block {off:#x}: {usable} usable < {size}");
         let seg = heap.segment();
@@ -151,13 +151,13 @@ impl Blocks {
 
     /// Checks a block's stamp and forgets it (the caller frees it).
     #[track_caller]
-    fn take(&mut self, heap: &Heap<'_>, off: u64) {
+    fn take(&mut self, heap: &Heap, off: u64) {
         let (usable, seed) = self.map.remove(&off).expect("a tracked block");
         check_stamp(heap, off, usable as usize, seed);
     }
 
     #[track_caller]
-    fn check(&self, heap: &Heap<'_>) {
+    fn check(&self, heap: &Heap) {
         for (&off, &(usable, seed)) in &self.map {
             check_stamp(heap, off, usable as usize, seed);
         }
@@ -165,7 +165,7 @@ impl Blocks {
 
     /// Checks and frees every block.
     #[track_caller]
-    fn free_all(&mut self, heap: &Heap<'_>) {
+    fn free_all(&mut self, heap: &Heap) {
         for (off, (usable, seed)) in std::mem::take(&mut self.map) {
             check_stamp(heap, off, usable as usize, seed);
             heap.free(off).unwrap();
@@ -183,7 +183,7 @@ impl Blocks {
 
 /// `verify` finds nothing wrong, held the locks, and the bytes add up.
 #[track_caller]
-fn assert_clean(heap: &Heap<'_>) -> Stats {
+fn assert_clean(heap: &Heap) -> Stats {
     let r = heap.verify();
     assert!(r.is_clean(), "{r}");
     assert!(r.quiescent, "verify could not hold the heap still");
@@ -199,7 +199,7 @@ fn assert_clean(heap: &Heap<'_>) -> Stats {
 /// [`assert_clean`] in the middle of a test: natively only (under miri, each test
 /// verifies once, at its end).
 #[track_caller]
-fn checkpoint(heap: &Heap<'_>) {
+fn checkpoint(heap: &Heap) {
     if !MIRI {
         assert_clean(heap);
     }
@@ -210,7 +210,7 @@ fn small_or_1k(native: u64) -> u64 {
     if MIRI { 1000 } else { native }
 }
 
-fn used(heap: &Heap<'_>) -> u64 {
+fn used(heap: &Heap) -> u64 {
     heap.stats().unwrap().used
 }
 
@@ -252,7 +252,7 @@ unsafe impl Send for DeadHandle {}
 
 /// Drops a heap handle the way a killed process does: without running anything.
 /// (The caller then calls `simulate_crash` on its segment.)
-fn bury(heap: Heap<'_>) {
+fn bury(heap: Heap) {
     let p = Box::into_raw(Box::new(heap)).cast::<()>();
     DEAD_HANDLES.lock().unwrap().push(DeadHandle(p));
 }
@@ -473,7 +473,7 @@ fn realloc_refuses_invalid_alignments_even_in_place() {
 // ---------------------------------------------------------------------------------
 
 /// Allocates `size`-byte blocks until the heap refuses; returns them and the error.
-fn fill(heap: &Heap<'_>, live: &mut Blocks, size: u64) -> (Vec<u64>, Error) {
+fn fill(heap: &Heap, live: &mut Blocks, size: u64) -> (Vec<u64>, Error) {
     let limit = heap.segment().max_size() / size.max(16) + 16;
     let mut got = Vec::new();
     for _ in 0..limit {
@@ -492,7 +492,7 @@ fn fill(heap: &Heap<'_>, live: &mut Blocks, size: u64) -> (Vec<u64>, Error) {
 }
 
 #[track_caller]
-fn check_oom(heap: &Heap<'_>, e: &Error, size: u64) {
+fn check_oom(heap: &Heap, e: &Error, size: u64) {
     let Error::OutOfMemory {
         requested,
         available,
@@ -744,7 +744,7 @@ fn decode(s: &str) -> Vec<(u64, u64, u64)> {
 }
 
 /// Allocates one block of each of [`CHILD_SIZES`] (`rounds` times) and stamps it.
-fn alloc_stamped(heap: &Heap<'_>, rounds: u64, salt: u64) -> Vec<(u64, u64, u64)> {
+fn alloc_stamped(heap: &Heap, rounds: u64, salt: u64) -> Vec<(u64, u64, u64)> {
     let mut out = Vec::new();
     for r in 0..rounds {
         for &size in &CHILD_SIZES {
@@ -1591,7 +1591,7 @@ fn a_shm_string_round_trips_and_is_handed_over() {
 // A handle may move to another thread (it is `Send`; not `Sync`: one per thread).
 const _: fn() = || {
     fn is_send<T: Send>() {}
-    is_send::<Heap<'static>>();
+    is_send::<Heap>();
 };
 
 /// A block on its way to the other thread: offset, usable size, seed.
@@ -1611,7 +1611,7 @@ fn stress_time() -> Duration {
 }
 
 /// Takes a block the other thread handed off, and checks its stamp.
-fn adopt(heap: &Heap<'_>, (off, usable, seed): Handoff) {
+fn adopt(heap: &Heap, (off, usable, seed): Handoff) {
     heap.adopt(off).unwrap();
     check_stamp(heap, off, usable as usize, seed);
 }

@@ -92,7 +92,7 @@ fn stamp_of(seed: u64, len: usize) -> &'static [u8] {
     &pattern()[(seed % SHIFTS) as usize..][..len]
 }
 
-fn stamp(heap: &Heap<'_>, off: u64, len: usize, seed: u64) {
+fn stamp(heap: &Heap, off: u64, len: usize, seed: u64) {
     assert!(len as u64 <= heap.usable_size(off).unwrap());
     let dst = heap.ptr(off).unwrap();
     // SAFETY: the block is allocated and at least `len` bytes long (checked above);
@@ -101,7 +101,7 @@ fn stamp(heap: &Heap<'_>, off: u64, len: usize, seed: u64) {
 }
 
 /// Whether the first `len` bytes of block `off` hold the stamp of `seed`.
-fn intact(heap: &Heap<'_>, off: u64, len: usize, seed: u64) -> bool {
+fn intact(heap: &Heap, off: u64, len: usize, seed: u64) -> bool {
     assert!(len as u64 <= heap.usable_size(off).unwrap());
     let p = heap.ptr(off).unwrap();
     // SAFETY: as in `stamp`; nothing writes the block while the slice lives.
@@ -123,7 +123,7 @@ struct DeadHandle(#[allow(dead_code)] *mut ());
 // SAFETY: the pointer is only kept, never dereferenced, in any thread.
 unsafe impl Send for DeadHandle {}
 
-fn bury(heap: Heap<'_>) {
+fn bury(heap: Heap) {
     let p = Box::into_raw(Box::new(heap)).cast::<()>();
     DEAD_HANDLES.lock().unwrap().push(DeadHandle(p));
 }
@@ -231,20 +231,20 @@ struct Block {
 
 struct World<'s> {
     seg: &'s Segment,
-    a: Heap<'s>,
-    b: Heap<'s>,
+    a: Heap,
+    b: Heap,
     b_tag: OwnerTag,
     c_segs: &'s [Segment],
     /// Index of the live C handle in `c_segs`.
     c_at: usize,
-    c: Option<Heap<'s>>,
+    c: Option<Heap>,
     /// The model: offset → block.
     live: HashMap<u64, Block>,
     seeds: u64,
 }
 
 impl<'s> World<'s> {
-    fn heap(&self, who: Who) -> &Heap<'s> {
+    fn heap(&self, who: Who) -> &Heap {
         match who {
             Who::A => &self.a,
             Who::B => &self.b,

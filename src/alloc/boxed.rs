@@ -33,7 +33,7 @@ use super::heap::Heap;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct ShmBox<'h, T: ShmSafe> {
-    heap: &'h Heap<'h>,
+    heap: &'h Heap,
     off: u64,
     _t: PhantomData<T>,
 }
@@ -48,7 +48,7 @@ impl<'h, T: ShmSafe> ShmBox<'h, T> {
     /// # Examples
     ///
     /// See [`ShmBox`].
-    pub fn new(heap: &'h Heap<'h>, value: T) -> Result<Self> {
+    pub fn new(heap: &'h Heap, value: T) -> Result<Self> {
         let off = heap.alloc(size_of::<T>().max(1), align_of::<T>())?;
         let p = heap.mem.ptr(off).cast::<T>();
         // SAFETY: a fresh block of at least size_of::<T>() bytes, aligned for T
@@ -73,7 +73,7 @@ impl<'h, T: ShmSafe> ShmBox<'h, T> {
     /// # Examples
     ///
     /// See [`ShmBox`].
-    pub fn from_shared(heap: &'h Heap<'h>, off: Offset<T>) -> Result<Self> {
+    pub fn from_shared(heap: &'h Heap, off: Offset<T>) -> Result<Self> {
         let off = off.get();
         if off % align_of::<T>() as u64 != 0 {
             return Err(Error::BadBlock {

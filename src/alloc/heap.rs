@@ -51,13 +51,13 @@ use super::seg_mem::SegMem;
 /// assert!(heap.verify().is_clean());
 /// # Ok::<(), shmkit::Error>(())
 /// ```
-pub struct Heap<'s> {
-    pub(crate) mem: SegMem<'s>,
+pub struct Heap {
+    pub(crate) mem: SegMem,
     cache: Cache,
     large: LargeCache,
 }
 
-impl std::fmt::Debug for Heap<'_> {
+impl std::fmt::Debug for Heap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heap")
             .field("layout", &self.mem.lay)
@@ -71,7 +71,7 @@ const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest single allocation the heap would accept on any segment (64 GiB).
 pub const MAX_ALLOC: u64 = crate::Tagged::MAX_OFFSET;
 
-impl<'s> Heap<'s> {
+impl Heap {
     /// Attaches to the heap in `seg`'s user region, building it if this is the first
     /// handle (on any process) to ask. Building is race-free: one process builds,
     /// the others wait; a builder that died is replaced.
@@ -87,7 +87,7 @@ impl<'s> Heap<'s> {
     /// # Examples
     ///
     /// See [`Heap`].
-    pub fn attach(seg: &'s Segment) -> Result<Self> {
+    pub fn attach(seg: &Segment) -> Result<Self> {
         Ok(Self {
             mem: SegMem::attach(seg)?,
             cache: Cache::default(),
@@ -105,8 +105,8 @@ impl<'s> Heap<'s> {
     /// assert_eq!(heap.segment().max_size(), seg.max_size());
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn segment(&self) -> &'s Segment {
-        self.mem.seg
+    pub fn segment(&self) -> &Segment {
+        &self.mem.seg
     }
 
     #[inline]
@@ -153,7 +153,7 @@ impl<'s> Heap<'s> {
         for attempt in 0..2 {
             if !self
                 .cache
-                .refill(&self.mem, head, &self.mem.hdr.transfer, self.mem.seg, c)?
+                .refill(&self.mem, head, &self.mem.hdr().transfer, &self.mem.seg, c)?
             {
                 match self.carve(c, me) {
                     Ok(span) => {
@@ -162,8 +162,8 @@ impl<'s> Heap<'s> {
                         self.cache.adopt(
                             &self.mem,
                             head,
-                            &self.mem.hdr.transfer,
-                            self.mem.seg,
+                            &self.mem.hdr().transfer,
+                            &self.mem.seg,
                             c,
                             (0..g.blocks)
                                 .rev()
@@ -193,7 +193,8 @@ impl<'s> Heap<'s> {
         let _ = self.flush();
         // A live process stopped inside a transfer would hold the write side up:
         // give up after a while (the caller then reports OutOfMemory).
-        if let Ok(_w) = pool::exclusive_for(&self.mem.hdr.transfer, self.mem.seg, RECOVERY_WAIT) {
+        if let Ok(_w) = pool::exclusive_for(&self.mem.hdr().transfer, &self.mem.seg, RECOVERY_WAIT)
+        {
             drop(_w);
             self.reclaim_dead()?;
             self.trim()?;
@@ -219,9 +220,9 @@ impl<'s> Heap<'s> {
     pub(crate) fn page_lock(&self) -> Result<MutexGuard<'_, ()>> {
         match self
             .mem
-            .hdr
+            .hdr()
             .page_lock
-            .lock_for(self.mem.seg, pool::LOCK_WAIT)
+            .lock_for(&self.mem.seg, pool::LOCK_WAIT)
         {
             Ok(g) => Ok(g),
             Err(LockError::OwnerDied(mut g)) => {
@@ -379,8 +380,8 @@ impl<'s> Heap<'s> {
         self.cache.flush(
             &self.mem,
             self.mem.head(c),
-            &self.mem.hdr.transfer,
-            self.mem.seg,
+            &self.mem.hdr().transfer,
+            &self.mem.seg,
             c,
             keep,
         )
@@ -704,8 +705,8 @@ impl<'s> Heap<'s> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn reclaim_dead(&self) -> Result<Reclaimed> {
-        let seg = self.mem.seg;
-        let _w = exclusive(&self.mem.hdr.transfer, seg)?;
+        let seg = &self.mem.seg;
+        let _w = exclusive(&self.mem.hdr().transfer, seg)?;
         let _pl = self.page_lock()?;
         let runs = self.runs()?;
         let mut verdicts: HashMap<OwnerTag, bool> = HashMap::new();
@@ -788,8 +789,8 @@ impl<'s> Heap<'s> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn trim(&self) -> Result<u64> {
-        let seg = self.mem.seg;
-        let _w = exclusive(&self.mem.hdr.transfer, seg)?;
+        let seg = &self.mem.seg;
+        let _w = exclusive(&self.mem.hdr().transfer, seg)?;
         let _pl = self.page_lock()?;
         let runs = self.runs()?;
         let mut empty: Vec<Run> = Vec::new();
@@ -886,7 +887,7 @@ impl<'s> Heap<'s> {
     }
 }
 
-impl Drop for Heap<'_> {
+impl Drop for Heap {
     fn drop(&mut self) {
         let _ = self.flush();
     }
@@ -894,7 +895,7 @@ impl Drop for Heap<'_> {
 
 /// Every small block of the spans among `runs`, with its class.
 pub(crate) fn span_blocks<'a>(
-    mem: &'a SegMem<'_>,
+    mem: &'a SegMem,
     runs: &'a [Run],
 ) -> impl Iterator<Item = (u64, usize)> + 'a {
     runs.iter().filter(|r| r.kind == SPAN).flat_map(move |r| {
@@ -904,7 +905,7 @@ pub(crate) fn span_blocks<'a>(
     })
 }
 
-fn word<'a>(mem: &'a SegMem<'_>, off: u64) -> Result<&'a AtomicU64> {
+fn word<'a>(mem: &'a SegMem, off: u64) -> Result<&'a AtomicU64> {
     mem.word(off)
         .ok_or_else(|| Error::corrupt("heap", format!("word {off:#x} out of range")))
 }

@@ -19,7 +19,7 @@ pub const READY: u64 = 0x0048_4541_5052_4459; // "HEAPRDY"
 /// `state` bit of a heap being built (the builder's owner tag below it).
 pub const BUILDING: u64 = 1 << 63;
 /// Format version of the heap metadata.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 /// Magic of the heap header.
 pub const MAGIC: u64 = 0x5041_4548_4b4d_4853; // "SHMKHEAP" little-endian
 
@@ -65,7 +65,13 @@ pub struct HeapBody {
     pub transfer: TransferLock,
     /// Free-list heads per class.
     pub heads: [Line; CLASSES],
+    /// Zeroed at build and never touched by the heap: the roots of the structures
+    /// built on it (the directory), which every process finds here.
+    pub roots: [AtomicU64; ROOT_WORDS],
 }
+
+/// Words in [`HeapBody::roots`].
+pub const ROOT_WORDS: usize = 32;
 
 impl HeapBody {
     fn new(lay: &Layout) -> Self {
@@ -82,6 +88,7 @@ impl HeapBody {
             heads: std::array::from_fn(|_| Line {
                 head: AtomicTagged::new(Tagged::from_bits(0)),
             }),
+            roots: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -150,37 +157,37 @@ impl Layout {
 }
 
 /// The heap's checked view of the segment.
-pub struct SegMem<'s> {
-    /// The segment.
-    pub seg: &'s Segment,
+pub struct SegMem {
+    /// The segment (a clone of the caller's handle: same slot, keeps the mapping).
+    pub seg: Segment,
     base: *mut u8,
     /// The layout.
     pub lay: Layout,
     /// Committed bytes as last seen (grows only; refreshed on a miss).
     committed: Cell<u64>,
-    /// The header body.
-    pub hdr: &'s HeapBody,
+    /// The header body (inside the mapping `seg` keeps alive).
+    hdr: std::ptr::NonNull<HeapBody>,
 }
 
 // SAFETY: `base` points into the mapping that `seg` (a shared reference to a
 // `Sync` Segment) keeps alive; nothing about it is tied to the creating thread. The
 // `Cell` is moved along with the value. (Not `Sync`: the `Cell` is not.)
-unsafe impl Send for SegMem<'_> {}
+unsafe impl Send for SegMem {}
 
-impl std::fmt::Debug for SegMem<'_> {
+impl std::fmt::Debug for SegMem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SegMem").field("lay", &self.lay).finish()
     }
 }
 
-impl<'s> SegMem<'s> {
+impl SegMem {
     /// Attaches to (building if needed) the heap of `seg`.
     ///
     /// # Errors
     ///
     /// Layout, commit and corruption errors; [`Error::NotReady`] if another
     /// process is building it and does not finish in time.
-    pub fn attach(seg: &'s Segment) -> Result<Self> {
+    pub fn attach(seg: &Segment) -> Result<Self> {
         let lay = Layout::new(seg.user_offset(), seg.max_size())?;
         if seg.committed() < lay.data_off {
             seg.commit(lay.data_off)?;
@@ -265,12 +272,20 @@ impl<'s> SegMem<'s> {
             ));
         }
         Ok(Self {
-            seg,
+            seg: seg.clone(),
             base,
             lay,
             committed: Cell::new(seg.committed()),
-            hdr,
+            hdr: std::ptr::NonNull::from(hdr),
         })
+    }
+
+    /// The header body.
+    #[inline]
+    pub fn hdr(&self) -> &HeapBody {
+        // SAFETY: checked and built in `attach`; inside the mapping that `self.seg`
+        // keeps alive for as long as `self`; atomics and robust locks only.
+        unsafe { self.hdr.as_ref() }
     }
 
     /// Makes sure data pages `[0, end)` are committed.
@@ -297,12 +312,12 @@ impl<'s> SegMem<'s> {
     /// Free-list head of class `c`.
     #[inline]
     pub fn head(&self, c: usize) -> &AtomicTagged {
-        &self.hdr.heads[c].head
+        &self.hdr().heads[c].head
     }
 
     /// All heads, as a slice of lines (see [`heads`](Self::heads)).
     pub fn heads(&self) -> Vec<&AtomicTagged> {
-        self.hdr.heads.iter().map(|l| &l.head).collect()
+        self.hdr().heads.iter().map(|l| &l.head).collect()
     }
 
     #[inline(always)]
@@ -332,7 +347,7 @@ impl<'s> SegMem<'s> {
     }
 }
 
-impl Mem for SegMem<'_> {
+impl Mem for SegMem {
     #[inline]
     fn word(&self, off: u64) -> Option<&AtomicU64> {
         if off % 8 != 0 || off < self.lay.heap_off {
@@ -372,7 +387,7 @@ impl Mem for SegMem<'_> {
     }
 }
 
-impl Table for SegMem<'_> {
+impl Table for SegMem {
     #[inline]
     fn pages(&self) -> u64 {
         self.lay.npages
@@ -386,16 +401,16 @@ impl Table for SegMem<'_> {
     }
     #[inline]
     fn brk(&self) -> &AtomicU64 {
-        &self.hdr.brk
+        &self.hdr().brk
     }
     fn hwm(&self) -> &AtomicU64 {
-        &self.hdr.hwm
+        &self.hdr().hwm
     }
     fn free_pages(&self) -> &AtomicU64 {
-        &self.hdr.free_pages
+        &self.hdr().free_pages
     }
     fn journal(&self) -> &Journal {
-        &self.hdr.journal
+        &self.hdr().journal
     }
     #[inline]
     fn covers(&self, end: u64) -> bool {

@@ -39,7 +39,7 @@ impl<'h> ShmString<'h> {
     /// assert!(shmkit::alloc::ShmString::new(&heap)?.is_empty());
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn new(heap: &'h Heap<'h>) -> Result<Self> {
+    pub fn new(heap: &'h Heap) -> Result<Self> {
         Ok(Self {
             bytes: ShmVec::new(heap)?,
         })
@@ -55,7 +55,7 @@ impl<'h> ShmString<'h> {
     ///
     /// See [`ShmString`].
     #[allow(clippy::should_implement_trait)] // fallible and heap-bound, unlike FromStr
-    pub fn from_str(heap: &'h Heap<'h>, s: &str) -> Result<Self> {
+    pub fn from_str(heap: &'h Heap, s: &str) -> Result<Self> {
         let mut out = Self::new(heap)?;
         out.push_str(s)?;
         Ok(out)
@@ -172,7 +172,7 @@ impl<'h> ShmString<'h> {
     /// # Examples
     ///
     /// See [`into_shared`](Self::into_shared).
-    pub fn from_shared(heap: &'h Heap<'h>, header: u64) -> Result<Self> {
+    pub fn from_shared(heap: &'h Heap, header: u64) -> Result<Self> {
         Ok(Self {
             bytes: ShmVec::from_shared(heap, header)?,
         })

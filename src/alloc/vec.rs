@@ -43,7 +43,7 @@ const HEADER: usize = 24;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct ShmVec<'h, T: ShmSafe + Copy> {
-    heap: &'h Heap<'h>,
+    heap: &'h Heap,
     header: u64,
     data: Cell<u64>,
     len: Cell<u64>,
@@ -61,7 +61,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// # Examples
     ///
     /// See [`ShmVec`].
-    pub fn new(heap: &'h Heap<'h>) -> Result<Self> {
+    pub fn new(heap: &'h Heap) -> Result<Self> {
         const { assert!(size_of::<T>() > 0, "ShmVec of a zero-sized type") };
         let header = heap.alloc(HEADER, 8)?;
         let v = Self {
@@ -91,7 +91,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// assert!(v.capacity() >= 100);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn with_capacity(heap: &'h Heap<'h>, n: usize) -> Result<Self> {
+    pub fn with_capacity(heap: &'h Heap, n: usize) -> Result<Self> {
         let mut v = Self::new(heap)?;
         v.reserve(n)?;
         Ok(v)
@@ -121,7 +121,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// # Examples
     ///
     /// See [`ShmVec`].
-    pub fn from_shared(heap: &'h Heap<'h>, header: u64) -> Result<Self> {
+    pub fn from_shared(heap: &'h Heap, header: u64) -> Result<Self> {
         const { assert!(size_of::<T>() > 0, "ShmVec of a zero-sized type") };
         // Adopt first, then check: once ours, the block cannot change under us.
         heap.adopt(header)?;

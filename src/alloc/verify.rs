@@ -77,8 +77,8 @@ impl std::fmt::Display for Report {
 /// How long verify waits for the locks before walking without them.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-struct Walk<'h, 's> {
-    heap: &'h Heap<'s>,
+struct Walk<'h> {
+    heap: &'h Heap,
     out: Vec<Violation>,
     stats: Stats,
     /// Free small blocks seen in spans (offset → class).
@@ -86,7 +86,7 @@ struct Walk<'h, 's> {
     owners: HashMap<OwnerTag, OwnerStats>,
 }
 
-impl Walk<'_, '_> {
+impl Walk<'_> {
     fn bad(&mut self, what: &'static str, offset: u64, detail: impl Into<String>) {
         if self.out.len() < 10_000 {
             self.out.push(Violation {
@@ -325,7 +325,7 @@ impl Walk<'_, '_> {
     }
 }
 
-impl Heap<'_> {
+impl Heap {
     fn walk(&self, quiescent: bool, lists: bool) -> (Stats, Vec<Violation>) {
         let mut w = Walk {
             heap: self,
@@ -397,7 +397,7 @@ impl Heap<'_> {
     /// See [`Heap`].
     pub fn verify(&self) -> Report {
         let seg = self.segment();
-        let w = match self.mem.hdr.transfer.write_for(seg, LOCK_WAIT) {
+        let w = match self.mem.hdr().transfer.write_for(seg, LOCK_WAIT) {
             Ok(g) => Some(g),
             Err(LockError::OwnerDied(mut g)) => {
                 g.make_consistent();
@@ -405,7 +405,7 @@ impl Heap<'_> {
             }
             Err(_) => None,
         };
-        let p = match self.mem.hdr.page_lock.lock_for(seg, LOCK_WAIT) {
+        let p = match self.mem.hdr().page_lock.lock_for(seg, LOCK_WAIT) {
             Ok(g) => Some(g),
             Err(LockError::OwnerDied(mut g)) => {
                 pages::replay(&self.mem);

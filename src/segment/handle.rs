@@ -44,6 +44,12 @@ use crate::segment::{names, proc};
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct Segment {
+    pub(super) inner: StdArc<Inner>,
+}
+
+/// What the clones of one [`Segment`] share: the mapping, the store and the
+/// registry slot. Dropping the last clone detaches.
+pub(crate) struct Inner {
     pub(super) map: StdArc<Mapping>,
     pub(super) store: Store,
     pub(super) spec: Spec,
@@ -53,12 +59,27 @@ pub struct Segment {
     pub(super) incarnation: u64,
     pub(super) pid: u32,
     pub(super) created: bool,
-    pub(super) persist: bool,
+    /// Set by `persist` (process-local).
+    pub(super) persist: crate::loom::AtomicU32,
     /// Set by `simulate_crash_now`: the handle behaves as a dead process's (test
     /// support); process-local.
     pub(super) crashed: crate::loom::AtomicU32,
     /// The fork generation this handle acts for (see `os::fork`).
     pub(super) fork_gen: u64,
+    /// Process-local state of the directory (which objects this handle holds).
+    pub(crate) local: std::sync::Mutex<crate::segment::Local>,
+}
+
+impl Clone for Segment {
+    /// Another handle on the same attachment: the same registry slot and owner
+    /// tag, the same mapping. Cheap (a reference count); the slot is released when
+    /// the last clone is dropped. [`try_clone`](Segment::try_clone) instead takes a
+    /// new slot.
+    fn clone(&self) -> Self {
+        Segment {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 impl Segment {
@@ -72,22 +93,34 @@ impl Segment {
         created: bool,
     ) -> Result<Segment> {
         let mut seg = Segment {
-            map,
-            store,
-            spec,
-            ident,
-            fields,
-            slot: u32::MAX,
-            incarnation: 0,
-            pid: proc::self_pid(),
-            created: false,
-            persist: false,
-            crashed: crate::loom::AtomicU32::new(0),
-            fork_gen: crate::segment::os::fork::generation(),
+            inner: StdArc::new(Inner {
+                map,
+                store,
+                spec,
+                ident,
+                fields,
+                slot: u32::MAX,
+                incarnation: 0,
+                pid: proc::self_pid(),
+                created: false,
+                persist: crate::loom::AtomicU32::new(0),
+                crashed: crate::loom::AtomicU32::new(0),
+                fork_gen: crate::segment::os::fork::generation(),
+                local: std::sync::Mutex::new(crate::segment::Local::default()),
+            }),
         };
         seg.claim_slot()?;
-        seg.created = created;
+        seg.inner_mut().created = created;
         Ok(seg)
+    }
+
+    /// The shared state, while this is its only handle (construction, after_fork).
+    ///
+    /// # Panics
+    ///
+    /// If another clone exists: callers only use it on a handle they just made.
+    pub(super) fn inner_mut(&mut self) -> &mut Inner {
+        StdArc::get_mut(&mut self.inner).expect("a segment handle under construction has no clones")
     }
 
     fn claim_slot(&mut self) -> Result<()> {
@@ -104,16 +137,17 @@ impl Segment {
             pidns: proc::self_pidns(),
             now_ns: proc::now_ns(),
         };
-        let slot = match registry::claim(self.slots(), &self.store.locks(), &who) {
+        let slot = match registry::claim(self.slots(), &self.inner.store.locks(), &who) {
             Ok(s) => s,
             Err(Error::RegistryFull { .. }) => {
                 self.reclaim_dead()?;
-                registry::claim(self.slots(), &self.store.locks(), &who)?
+                registry::claim(self.slots(), &self.inner.store.locks(), &who)?
             }
             Err(e) => return Err(e),
         };
-        self.slot = slot;
-        self.incarnation = who.incarnation;
+        let inner = self.inner_mut();
+        inner.slot = slot;
+        inner.incarnation = who.incarnation;
         Ok(())
     }
 
@@ -127,28 +161,16 @@ impl Segment {
 
     /// The registry slots (validated offsets from the header snapshot).
     fn slots(&self) -> &[Slot] {
-        // SAFETY: `validate` proved the registry 64-aligned and inside the committed
-        // part of our mapping (below user_offset); Slot is atomics only (any bits
-        // valid), and the slice borrows `self`, which keeps the mapping alive.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map
-                    .ptr()
-                    .as_ptr()
-                    .add(self.fields.registry_offset as usize)
-                    .cast::<Slot>(),
-                self.fields.registry_slots as usize,
-            )
-        }
+        self.inner.slots()
     }
 
     /// The header's `committed` word (projected: no reference to the header's plain
     /// fields, which a misbehaving peer may write, is ever made).
     fn committed_word(&self) -> &AtomicU64 {
-        let header = self.map.ptr().as_ptr().cast::<Header>();
+        let header = self.inner.map.ptr().as_ptr().cast::<Header>();
         // SAFETY: the mapping starts with a Header (len >= HEADER_SIZE, page-aligned);
         // `committed` is an atomic, valid for any bit pattern, living as long as
-        // `self.map`, which `self` keeps alive.
+        // `self.inner.map`, which `self` keeps alive.
         unsafe { &*std::ptr::addr_of!((*header).committed) }
     }
 
@@ -163,7 +185,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn as_ptr(&self) -> *mut u8 {
-        self.map.ptr().as_ptr()
+        self.inner.map.ptr().as_ptr()
     }
 
     /// Bytes of address space reserved (and mapped) for the segment.
@@ -176,7 +198,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn max_size(&self) -> u64 {
-        self.fields.max_size
+        self.inner.fields.max_size
     }
 
     /// Bytes currently backed. Only these may be touched.
@@ -194,7 +216,7 @@ impl Segment {
         // SYNC: Acquire pairs with the Release fetch_max in `commit`: the backing
         // store for the new range was allocated before it was published.
         let c = self.committed_word().load(Ordering::Acquire);
-        check_committed(c, &self.fields).unwrap_or(self.fields.user_offset)
+        check_committed(c, &self.inner.fields).unwrap_or(self.inner.fields.user_offset)
     }
 
     /// Grows the committed size to at least `bytes` (rounded up to a page). Every
@@ -219,7 +241,7 @@ impl Segment {
     pub fn commit(&self, bytes: u64) -> Result<u64> {
         self.check_pid()?;
         let want = align_up(bytes, PAGE_SIZE).unwrap_or(u64::MAX);
-        if want > self.fields.max_size {
+        if want > self.inner.fields.max_size {
             return Err(Error::InvalidSize {
                 size: bytes,
                 reason: "beyond the segment's max_size",
@@ -229,7 +251,7 @@ impl Segment {
         if want <= cur {
             return Ok(cur);
         }
-        self.store.commit(&self.map, cur, want)?;
+        self.inner.store.commit(&self.inner.map, cur, want)?;
         // SYNC: Release pairs with the Acquire load in `committed`; publishes that
         // [cur, want) is backed.
         self.committed_word().fetch_max(want, Ordering::Release);
@@ -246,7 +268,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn user_offset(&self) -> u64 {
-        self.fields.user_offset
+        self.inner.fields.user_offset
     }
 
     /// The segment's random seed (for hash maps), the same in every process.
@@ -259,7 +281,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn seed(&self) -> u64 {
-        self.fields.seed
+        self.inner.fields.seed
     }
 
     /// The creator's pid (in its pid namespace).
@@ -272,7 +294,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn creator_pid(&self) -> u32 {
-        self.fields.creator_pid
+        self.inner.fields.creator_pid
     }
 
     /// The kind of segment.
@@ -285,7 +307,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn kind(&self) -> SegmentKind {
-        self.spec.kind()
+        self.inner.spec.kind()
     }
 
     /// The System V id, for System V segments.
@@ -301,7 +323,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn sysv_id(&self) -> Option<i32> {
-        match self.store {
+        match self.inner.store {
             Store::SysV { id, .. } => Some(id),
             _ => None,
         }
@@ -348,7 +370,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn as_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.store {
+        match &self.inner.store {
             Store::Fd(f) => Some(f.as_fd()),
             _ => None,
         }
@@ -367,7 +389,7 @@ impl Segment {
     /// See [`SegmentOptions::open_fd`].
     pub fn send_fd(&self, socket: &impl AsFd) -> Result<()> {
         self.check_pid()?;
-        match (&self.spec, &self.store) {
+        match (&self.inner.spec, &self.inner.store) {
             (Spec::Memfd | Spec::Anonymous, Store::Fd(f)) => {
                 // A fresh description: ours carries our liveness locks, which must
                 // not live on in a message in flight or in the receiver.
@@ -394,7 +416,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn persist(&mut self) {
-        self.persist = true;
+        self.inner.persist.store(1, Ordering::Relaxed);
     }
 
     /// This handle's registry slot.
@@ -407,7 +429,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn slot(&self) -> u32 {
-        self.slot
+        self.inner.slot
     }
 
     /// This handle's random incarnation: `(slot, incarnation)` tags what it owns.
@@ -421,7 +443,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn incarnation(&self) -> u64 {
-        self.incarnation
+        self.inner.incarnation
     }
 
     /// Number of registry slots.
@@ -434,7 +456,7 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn registry_slots(&self) -> u32 {
-        self.fields.registry_slots
+        self.inner.fields.registry_slots
     }
 
     /// Whether the holder of `slot` is alive (false for a free slot).
@@ -511,12 +533,13 @@ impl Segment {
             }
             crate::loom::spin_loop();
         };
-        let own = slot == self.slot && word == (self.incarnation | ACTIVE);
+        let own = slot == self.inner.slot && word == (self.inner.incarnation | ACTIVE);
         let state = if word == 0 {
             SlotState::Free
         } else if own {
             SlotState::Alive
         } else if !self
+            .inner
             .store
             .locks()
             .held_elsewhere(registry::lock_index(slot))?
@@ -559,7 +582,7 @@ impl Segment {
     /// ```
     pub fn slot_list(&self) -> Result<Vec<SlotInfo>> {
         let mut v = Vec::new();
-        for i in 0..self.fields.registry_slots {
+        for i in 0..self.inner.fields.registry_slots {
             let info = self.slot_info(i)?;
             if info.state != SlotState::Free {
                 v.push(info);
@@ -589,10 +612,10 @@ impl Segment {
     /// ```
     pub fn reclaim_dead(&self) -> Result<Vec<u32>> {
         self.check_pid()?;
-        let locks = self.store.locks();
+        let locks = self.inner.store.locks();
         let mut freed = Vec::new();
-        for i in 0..self.fields.registry_slots {
-            if registry::reclaim(self.slots(), &locks, i, Some(self.slot))? {
+        for i in 0..self.inner.fields.registry_slots {
+            if registry::reclaim(self.slots(), &locks, i, Some(self.inner.slot))? {
                 freed.push(i);
                 continue;
             }
@@ -634,13 +657,13 @@ impl Segment {
     /// ```
     pub fn try_clone(&self) -> Result<Segment> {
         self.check_pid()?;
-        let store = self.store.duplicate()?;
+        let store = self.inner.store.duplicate()?;
         Segment::attach(
-            self.map.clone(),
+            self.inner.map.clone(),
             store,
-            self.spec.clone(),
-            self.ident,
-            self.fields,
+            self.inner.spec.clone(),
+            self.inner.ident,
+            self.inner.fields,
             false,
         )
     }
@@ -666,44 +689,56 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn after_fork(&mut self) -> Result<()> {
-        if self.pid == proc::self_pid() {
+        if self.inner.pid == proc::self_pid() {
             return Ok(());
         }
-        if matches!(self.store, Store::Heap { .. }) {
+        if matches!(self.inner.store, Store::Heap { .. }) {
             return Err(Error::Unsupported(
                 "a heap-backed segment is not shared across fork",
             ));
         }
-        let store = self.store.duplicate()?;
+        if StdArc::strong_count(&self.inner) != 1 {
+            return Err(Error::InvalidArgument(
+                "after_fork needs the only handle of this attachment: drop the clones and \
+                 object handles inherited across fork first (they act for nobody)",
+            ));
+        }
+        let inner = self.inner_mut();
+        let store = inner.store.duplicate()?;
         // The inherited mapping was made through the parent's open file description
         // and holds a reference to it, which would keep the parent's OFD locks (its
         // slot's liveness lock) held for as long as we live, descriptor closed or
         // not: map the same range again, in place, through our own description.
         if let Store::Fd(f) = &store {
-            fd::remap_in_place(f.as_fd(), &self.map)?;
+            fd::remap_in_place(f.as_fd(), &inner.map)?;
         }
         // Closing our copy of the inherited descriptor leaves the parent's open file
         // description (and its locks) to the parent alone.
-        let old = std::mem::replace(&mut self.store, store);
+        let old = std::mem::replace(&mut inner.store, store);
         drop(old);
         // The parent's slot is the parent's: forget it before anything can fail, so
         // that our Drop never releases it. Until our own claim succeeds the handle
         // names nobody (locks refuse it) and still fails the pid check.
-        self.slot = u32::MAX;
-        self.incarnation = 0;
-        self.created = false;
-        self.persist = true;
+        inner.slot = u32::MAX;
+        inner.incarnation = 0;
+        inner.created = false;
+        inner.persist.store(1, Ordering::Relaxed);
+        // The parent's holds on directory objects are the parent's.
+        *inner.local.get_mut().unwrap_or_else(|e| e.into_inner()) = Default::default();
         self.claim_slot()?;
-        self.pid = proc::self_pid();
-        self.fork_gen = crate::segment::os::fork::generation();
+        let inner = self.inner_mut();
+        inner.pid = proc::self_pid();
+        inner.fork_gen = crate::segment::os::fork::generation();
         Ok(())
     }
 
     /// Refuses identity-bearing operations on a handle inherited across `fork`
     /// until the child called [`after_fork`](Self::after_fork).
     fn check_pid(&self) -> Result<()> {
-        if self.pid != proc::self_pid() {
-            return Err(Error::ForkedHandle { parent: self.pid });
+        if self.inner.pid != proc::self_pid() {
+            return Err(Error::ForkedHandle {
+                parent: self.inner.pid,
+            });
         }
         Ok(())
     }
@@ -770,11 +805,11 @@ impl Segment {
                 "segment types may not be aligned above the page size"
             )
         };
-        let off = offset.check(self.fields.user_offset, self.committed())?;
+        let off = offset.check(self.inner.fields.user_offset, self.committed())?;
         // SAFETY: `check` proved user_offset <= off and off + size_of::<T>() <=
         // committed <= mapping length, so the pointer stays inside our mapping (one
         // allocation); the base is non-null.
-        Ok(unsafe { NonNull::new_unchecked(self.map.ptr().as_ptr().add(off).cast::<T>()) })
+        Ok(unsafe { NonNull::new_unchecked(self.inner.map.ptr().as_ptr().add(off).cast::<T>()) })
     }
 
     /// Moves `value` into the user region at `offset` and returns a shared
@@ -881,24 +916,15 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn detach(self) -> bool {
-        let mut s = self;
-        let ours = s.release_slot();
-        drop(s);
-        ours
-    }
-
-    fn release_slot(&mut self) -> bool {
-        if self.slot == u32::MAX || self.pid != proc::self_pid() {
-            return false;
+        match StdArc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                let ours = inner.release_slot();
+                drop(inner);
+                ours
+            }
+            // Other clones keep the attachment (and the slot).
+            Err(_) => false,
         }
-        let ours = registry::release(
-            self.slots(),
-            &self.store.locks(),
-            self.slot,
-            self.incarnation,
-        );
-        self.slot = u32::MAX;
-        ours
     }
 
     /// Test support: drop the handle as if its process had been killed: liveness
@@ -922,12 +948,45 @@ impl Segment {
     /// used would give two holders.
     #[doc(hidden)]
     pub unsafe fn simulate_crash_now(&self) {
-        self.crashed.store(1, Ordering::Relaxed);
-        self.store.release_like_exit(self.slot);
+        self.inner.crashed.store(1, Ordering::Relaxed);
+        self.inner.store.release_like_exit(self.inner.slot);
     }
 }
 
-impl Drop for Segment {
+impl Inner {
+    /// The registry slots (validated offsets from the header snapshot).
+    pub(super) fn slots(&self) -> &[Slot] {
+        // SAFETY: `validate` proved the registry 64-aligned and inside the committed
+        // part of our mapping (below user_offset); Slot is atomics only (any bits
+        // valid), and the slice borrows `self`, which keeps the mapping alive.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map
+                    .ptr()
+                    .as_ptr()
+                    .add(self.fields.registry_offset as usize)
+                    .cast::<Slot>(),
+                self.fields.registry_slots as usize,
+            )
+        }
+    }
+
+    fn release_slot(&mut self) -> bool {
+        if self.slot == u32::MAX || self.pid != proc::self_pid() {
+            return false;
+        }
+        let ours = registry::release(
+            self.slots(),
+            &self.store.locks(),
+            self.slot,
+            self.incarnation,
+        );
+        self.slot = u32::MAX;
+        ours
+    }
+}
+
+impl Drop for Inner {
     fn drop(&mut self) {
         if self.pid != proc::self_pid() || self.crashed.load(Ordering::Relaxed) != 0 {
             // An inherited copy in a forked child that never called after_fork, or
@@ -935,7 +994,7 @@ impl Drop for Segment {
             return;
         }
         self.release_slot();
-        if self.created && !self.persist {
+        if self.created && self.persist.load(Ordering::Relaxed) == 0 {
             match &self.spec {
                 Spec::Posix(name) => {
                     if let (Ok(bare), Some(id)) = (names::validate(name), self.ident) {
@@ -999,9 +1058,9 @@ impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Segment")
             .field("kind", &self.kind())
-            .field("max_size", &self.fields.max_size)
+            .field("max_size", &self.inner.fields.max_size)
             .field("committed", &self.committed())
-            .field("slot", &self.slot)
+            .field("slot", &self.inner.slot)
             .finish_non_exhaustive()
     }
 }

@@ -28,3 +28,8 @@ pub use options::{
 };
 pub use owner::OwnerTag;
 pub use slot_info::{SlotInfo, SlotState};
+
+/// Process-local bookkeeping shared by the clones of one attachment: how many
+/// handles this attachment holds on each object of the directory, by the offset of
+/// its entry (the directory records one hold per attachment in the segment).
+pub(crate) type Local = std::collections::HashMap<u64, u64>;

@@ -311,8 +311,10 @@ impl SegmentOptions {
             .as_fd()
             .ok_or(Error::Unsupported("fd-backed segment without fd"))?;
         fd::link_unnamed(fd, &path, what)?;
-        seg.ident = Some(fd::identity(fd)?.0);
-        seg.created = true;
+        let ident = Some(fd::identity(fd)?.0);
+        let inner = seg.inner_mut();
+        inner.ident = ident;
+        inner.created = true;
         Ok(seg)
     }
 
@@ -343,7 +345,7 @@ impl SegmentOptions {
         let mut seg = self
             .initialise(plan, map, store, Some(ident))
             .map_err(cleanup)?;
-        seg.created = true;
+        seg.inner_mut().created = true;
         Ok(seg)
     }
 
@@ -368,7 +370,7 @@ impl SegmentOptions {
         // committed for its first page; nobody reads it as Ready before publish.
         unsafe { map.ptr().as_ptr().cast::<[u8; 8]>().write_volatile(MAGIC) };
         let mut seg = self.initialise(plan, map, store, None).map_err(cleanup)?;
-        seg.created = true;
+        seg.inner_mut().created = true;
         Ok(seg)
     }
 
@@ -452,7 +454,7 @@ impl SegmentOptions {
             fields,
             true,
         )?;
-        seg.store.locks().unlock(INIT_LOCK);
+        seg.inner.store.locks().unlock(INIT_LOCK);
         Ok(seg)
     }
 

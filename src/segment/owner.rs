@@ -86,7 +86,7 @@ impl Segment {
     /// See [`OwnerTag`].
     #[inline]
     pub fn owner_tag(&self) -> OwnerTag {
-        if crate::segment::os::fork::current() != self.fork_gen {
+        if crate::segment::os::fork::current() != self.inner.fork_gen {
             // An inherited handle in a forked child: it acts for nobody until
             // `after_fork` (the locks refuse it with `NotAttached`).
             return OwnerTag(0);

@@ -31,7 +31,7 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn shm_pairs(heap: &Heap<'_>, size: usize, n: u64) {
+fn shm_pairs(heap: &Heap, size: usize, n: u64) {
     for i in 0..n {
         let off = heap.alloc(size, 8).expect("alloc");
         // SAFETY: a live block of at least `size` >= 1 bytes, ours.
