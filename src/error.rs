@@ -186,6 +186,87 @@ pub enum Error {
     /// The operation is not supported by this kind of segment or platform.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// An object found by name is of another type (name, size, alignment or format
+    /// version) than the one asked for.
+    #[error("object {name:?} is a {found}, not a {expected}")]
+    WrongType {
+        /// The object's name.
+        name: String,
+        /// The identity recorded in the directory.
+        found: String,
+        /// The identity asked for.
+        expected: String,
+    },
+    /// An object found by name was created with another configuration (a capacity,
+    /// a number of permits...) than the one asked for.
+    #[error("object {name:?} was created with config {found}, not {expected}")]
+    WrongConfig {
+        /// The object's name.
+        name: String,
+        /// The configuration recorded in the directory.
+        found: String,
+        /// The configuration asked for.
+        expected: String,
+    },
+    /// A lock's previous holder died holding it, and this call did not repair the
+    /// data: the lock was released still marked, so the next locker is told too.
+    /// Take such locks with `lock_or_recover` (or match `LockError::OwnerDied`
+    /// on the low-level calls) to repair.
+    #[error(
+        "the previous holder of the lock died holding it; released unrepaired and still marked, so the next locker is told too (repair with lock_or_recover)"
+    )]
+    OwnerDied,
+    /// A holder gave up on repairing a lock's data: nobody can take it until it is
+    /// `reset`.
+    #[error("the lock is not recoverable: a holder dropped it unrepaired (see reset)")]
+    NotRecoverable,
+    /// A non-blocking call would have had to wait for a live process.
+    #[error("would block: held by a live process")]
+    WouldBlock,
+    /// A timed call reached its deadline.
+    #[error("timed out")]
+    TimedOut,
+    /// The handle holds no registry slot (a forked child that has not called
+    /// `after_fork`).
+    #[error("the handle holds no registry slot (call after_fork in a forked child)")]
+    NotAttached,
+    /// An `RwLock` has no reader entry for the caller's registry slot.
+    #[error("the RwLock has {entries} reader entries but the caller holds registry slot {slot}")]
+    NoReaderEntry {
+        /// The caller's slot.
+        slot: u32,
+        /// Reader entries in the lock.
+        entries: usize,
+    },
+    /// An internal lock stayed held by a live process past shmkit's wait bound
+    /// (a peer stopped, or stuck, while holding it).
+    #[error("{what} stayed held by a live process for {waited:?}")]
+    LockTimeout {
+        /// Which lock.
+        what: &'static str,
+        /// How long this call waited.
+        waited: Duration,
+    },
+}
+
+impl<G: crate::sync::Abandon> From<crate::sync::LockError<G>> for Error {
+    /// A `'static` error for `?`. An `OwnerDied` guard is released on the way with
+    /// [`Abandon::abandon`](crate::sync::Abandon): unrepaired but still marked, so
+    /// the next locker gets `OwnerDied` in turn (nothing becomes not recoverable).
+    fn from(e: crate::sync::LockError<G>) -> Self {
+        use crate::sync::LockError;
+        match e {
+            LockError::OwnerDied(g) => {
+                g.abandon();
+                Error::OwnerDied
+            }
+            LockError::NotRecoverable => Error::NotRecoverable,
+            LockError::WouldBlock => Error::WouldBlock,
+            LockError::TimedOut => Error::TimedOut,
+            LockError::NotAttached => Error::NotAttached,
+            LockError::NoReaderEntry { slot, entries } => Error::NoReaderEntry { slot, entries },
+        }
+    }
 }
 
 impl Error {

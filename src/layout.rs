@@ -6,6 +6,8 @@
 //! which the rest of the crate relies on when it hands out references into a segment.
 #![allow(unsafe_code)]
 
+use zerocopy::{FromBytes, IntoBytes, KnownLayout};
+
 use crate::loom::{AtomicU32, AtomicU64};
 
 /// Types that may be placed in a shared-memory segment.
@@ -24,19 +26,59 @@ use crate::loom::{AtomicU32, AtomicU64};
 ///    reference into the segment is handed out, so plain fields are only for data
 ///    that does not change while shared.
 ///
+/// # Deriving it: no `unsafe`
+///
+/// Every type that implements zerocopy's `FromBytes`, `IntoBytes` and `KnownLayout`
+/// is `ShmSafe`: derive them (the derives check the rules at compile time) and
+/// never write the `unsafe impl`. Primitives, arrays and std's atomics are
+/// covered the same way.
+///
 /// # Examples
 ///
 /// ```
 /// use shmkit::ShmSafe;
+/// use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 ///
+/// #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 /// #[repr(C)]
 /// struct Quote {
 ///     price: u64,
 ///     qty: u32,
 ///     venue: u32,
 /// }
-/// // SAFETY: repr(C), only integers, every bit pattern is valid, no padding.
-/// unsafe impl ShmSafe for Quote {}
+/// fn shm_safe<T: ShmSafe>() {}
+/// shm_safe::<Quote>();
+/// shm_safe::<[u64; 4]>();
+/// ```
+///
+/// Padding, a `bool`, a reference or a `Box` is refused at compile time:
+///
+/// ```compile_fail
+/// # use zerocopy::{FromBytes, IntoBytes, KnownLayout};
+/// #[derive(FromBytes, IntoBytes, KnownLayout)]
+/// #[repr(C)]
+/// struct Padded { a: u8, b: u64 } // 7 bytes of padding
+/// ```
+///
+/// ```compile_fail
+/// # use zerocopy::{FromBytes, IntoBytes, KnownLayout};
+/// #[derive(FromBytes, IntoBytes, KnownLayout)]
+/// #[repr(C)]
+/// struct Flag { on: bool } // not every bit pattern is a bool
+/// ```
+///
+/// ```compile_fail
+/// # use zerocopy::{FromBytes, IntoBytes, KnownLayout};
+/// #[derive(FromBytes, IntoBytes, KnownLayout)]
+/// #[repr(C)]
+/// struct Ref { r: &'static u64 } // a pointer of this process
+/// ```
+///
+/// ```compile_fail
+/// # use zerocopy::{FromBytes, IntoBytes, KnownLayout};
+/// #[derive(FromBytes, IntoBytes, KnownLayout)]
+/// #[repr(C)]
+/// struct Boxed { b: Box<u64> } // memory of this process
 /// ```
 pub unsafe trait ShmSafe: Sized + 'static {}
 
@@ -84,55 +126,41 @@ macro_rules! shm_shared {
 shm_shared!(AtomicU32, AtomicU64, ());
 
 // SAFETY: an array of ShmShared values has no bytes outside its elements.
-unsafe impl<T: ShmShared, const N: usize> ShmShared for [T; N] {}
+unsafe impl<T: ShmShared + FromBytes + IntoBytes + KnownLayout, const N: usize> ShmShared
+    for [T; N]
+{
+}
 
 macro_rules! shm_safe {
     ($($t:ty),* $(,)?) => {
-        // SAFETY: primitives and atomics of them: fixed layout, every bit pattern
-        // valid, nothing process-local.
+        // SAFETY: the crate's own atomics (the loom shim's wrappers): fixed layout,
+        // every bit pattern valid, nothing process-local.
         $(unsafe impl ShmSafe for $t {})*
     };
 }
 
-shm_safe!(
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    (),
-    AtomicU32,
-    AtomicU64,
-);
+shm_safe!(AtomicU32, AtomicU64);
 
-// std's atomics, for users' own types (shmkit itself uses the loom shim's).
+// SAFETY: zerocopy's derives prove exactly rules 1-3: `IntoBytes` rejects a type
+// with padding or without a fixed (`repr(C)`/`transparent`/primitive) layout,
+// `FromBytes` one with any invalid bit pattern (bool, char, enums, `NonZero*`,
+// references, `Box`), and raw pointers implement neither. Rule 4 is not a
+// soundness rule for plain data: such types are copied in and out, and shared by
+// reference only as `ShmShared` (atomics or data under a robust lock).
+unsafe impl<T: FromBytes + IntoBytes + KnownLayout + 'static> ShmSafe for T {}
+
+// std's atomics, for users' own types (shmkit itself uses the loom shim's). They
+// are `ShmSafe` through zerocopy (above).
 #[allow(clippy::disallowed_types)]
 mod std_atomics {
-    use super::ShmSafe;
+    use super::ShmShared;
     use std::sync::atomic::{
         AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
     };
-    shm_safe!(
-        AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64,
-    );
-    use super::ShmShared;
     shm_shared!(
         AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64,
     );
 }
-
-// SAFETY: an array of ShmSafe values is contiguous with no padding between
-// elements and inherits every property of its element type.
-unsafe impl<T: ShmSafe, const N: usize> ShmSafe for [T; N] {}
 
 /// 64-bit FNV-1a, used for the header checksum and the layout fingerprint.
 ///

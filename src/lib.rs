@@ -76,23 +76,32 @@ compile_error!(
 );
 
 pub mod alloc;
+mod directory;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod layout;
 #[doc(hidden)]
 pub mod loom;
+mod object;
 mod ptr;
 mod segment;
 pub mod sync;
 
+pub use directory::{
+    CREATE_WAIT, DirReport, Directory, MAX_NAME as MAX_OBJECT_NAME, ObjectInfo, ObjectState, Shared,
+};
 pub use error::{Error, Result};
 pub use layout::{PAGE_SIZE, ShmSafe, ShmShared};
+pub use object::{ObjectConfig, ShmObject, TypeIdentity};
 pub use ptr::{AtomicTagged, Offset, Tagged};
 pub use segment::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, MAX_NAME_LEN, Opened, OwnerTag, Segment,
     SegmentKind, SegmentOptions, SlotInfo, SlotState, recv_fd, unique_name,
 };
+/// zerocopy, whose derives make a type [`ShmSafe`] (re-exported so that the
+/// derives' paths resolve through shmkit: `#[zerocopy(crate = "shmkit::zerocopy")]`).
+pub use zerocopy;
 
 /// The lock-free state machines under the segment, exposed for the loom models in
 /// `tests/loom_*.rs`. Not a stable API.

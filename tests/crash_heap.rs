@@ -232,7 +232,7 @@ impl Control {
 
 /// The control block at `off`, which must stay allocated while the reference is
 /// used (the parent frees it only after every worker has left).
-fn control<'h>(heap: &'h Heap, off: u64) -> &'h Control {
+fn control(heap: &Heap, off: u64) -> &Control {
     let size = heap
         .usable_size(off)
         .expect("the control block is allocated");

@@ -109,6 +109,11 @@ impl Heap {
         &self.mem.seg
     }
 
+    /// The root words of the structures built on the heap (zeroed at build).
+    pub(crate) fn roots(&self) -> &[AtomicU64; super::seg_mem::ROOT_WORDS] {
+        &self.mem.hdr().roots
+    }
+
     #[inline]
     fn me(&self) -> Result<OwnerTag> {
         let me = self.mem.seg.owner_tag();
@@ -905,7 +910,7 @@ pub(crate) fn span_blocks<'a>(
     })
 }
 
-fn word<'a>(mem: &'a SegMem, off: u64) -> Result<&'a AtomicU64> {
+fn word(mem: &SegMem, off: u64) -> Result<&AtomicU64> {
     mem.word(off)
         .ok_or_else(|| Error::corrupt("heap", format!("word {off:#x} out of range")))
 }

@@ -67,6 +67,7 @@ pub use class::{CLASSES, MAX_SMALL, SIZES};
 pub use heap::{Heap, MAX_ALLOC};
 pub use owner::BlockState;
 pub use pool::Reclaimed;
+pub(crate) use seg_mem::ROOT_WORDS;
 pub use stats::{ClassStats, OwnerStats, Stats};
 pub use string::ShmString;
 pub use vec::ShmVec;

@@ -164,6 +164,11 @@ impl Segment {
         self.inner.slots()
     }
 
+    /// Process-local bookkeeping shared by this attachment's clones.
+    pub(crate) fn local(&self) -> &std::sync::Mutex<crate::segment::Local> {
+        &self.inner.local
+    }
+
     /// The header's `committed` word (projected: no reference to the header's plain
     /// fields, which a misbehaving peer may write, is ever made).
     fn committed_word(&self) -> &AtomicU64 {

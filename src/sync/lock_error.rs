@@ -2,6 +2,21 @@
 
 use std::fmt;
 
+/// A guard that can be released *unrepaired but marked*, so that the next locker
+/// is told the data may be inconsistent (instead of the lock becoming not
+/// recoverable). What converting a [`LockError::OwnerDied`] into
+/// [`Error`](crate::Error) does with the guard.
+pub trait Abandon {
+    /// Releases the lock, leaving it marked inconsistent.
+    fn abandon(self);
+}
+
+impl<G: Abandon, X> Abandon for (G, X) {
+    fn abandon(self) {
+        self.0.abandon();
+    }
+}
+
 /// The result of acquiring a robust lock.
 pub type LockResult<G> = Result<G, LockError<G>>;
 

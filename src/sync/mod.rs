@@ -19,7 +19,7 @@ mod semaphore;
 pub use condvar::{Condvar, WaitTimeoutResult};
 pub use context::Context;
 pub use event::{Event, EventKind};
-pub use lock_error::{LockError, LockResult};
+pub use lock_error::{Abandon, LockError, LockResult};
 pub use mutex::{Mutex, MutexGuard};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use semaphore::{Semaphore, SemaphoreError};

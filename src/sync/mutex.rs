@@ -147,6 +147,83 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Builds an unlocked mutex in place over zeroed memory, leaving the data's
+    /// zeroed bytes as its value (no copy of a large `T` through the stack).
+    ///
+    /// # Safety
+    ///
+    /// `at` is valid for writes of `size_of::<Self>()` bytes, aligned, zeroed, and
+    /// used by nobody else until this returns; zeroed bytes are a valid `T`.
+    pub(crate) unsafe fn init_in_place(at: std::ptr::NonNull<Self>) {
+        let p = at.as_ptr();
+        // SAFETY: the caller's contract: in bounds, aligned, exclusive. Each atomic
+        // is written (never assumed from zero bytes: under loom an atomic is not
+        // its bytes).
+        unsafe {
+            std::ptr::addr_of_mut!((*p).word).write(AtomicU64::new(0));
+            std::ptr::addr_of_mut!((*p).seq).write(AtomicU32::new(0));
+            std::ptr::addr_of_mut!((*p)._reserved).write(AtomicU32::new(0));
+            #[cfg(loom)]
+            std::ptr::addr_of_mut!((*p).data).write(UnsafeCell::new(std::mem::zeroed()));
+        }
+    }
+
+    /// Takes over a mutex that a holder left [`NotRecoverable`](LockError::NotRecoverable):
+    /// returns a guard marked inconsistent (as for `OwnerDied`), or `None` if the
+    /// mutex is not in that state. Rebuild the data *completely* (it was left
+    /// half-updated by a holder that died, and nobody repaired it), then call
+    /// [`MutexGuard::make_consistent`]; dropping the guard without it leaves the
+    /// mutex not recoverable again.
+    ///
+    /// Always sound: a not-recoverable mutex has no holder, so the guard is the
+    /// only one. What it cannot know is whether the data is usable: that is the
+    /// caller's rebuild.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{SegmentOptions, sync::{LockError, Mutex}};
+    /// let seg = SegmentOptions::heap().create()?;
+    /// let m = seg.find_or_create::<Mutex<u64>>("m", ())?;
+    /// let peer = seg.try_clone()?;
+    /// std::mem::forget(m.raw().lock(&peer).unwrap());
+    /// peer.simulate_crash();
+    /// drop(m.raw().lock(&seg).unwrap_err().into_owner_died()); // unrepaired
+    /// assert!(matches!(m.raw().lock(&seg), Err(LockError::NotRecoverable)));
+    /// let mut g = m.raw().reset(&seg).expect("not recoverable");
+    /// *g = 0;
+    /// g.make_consistent();
+    /// drop(g);
+    /// assert_eq!(*m.lock().unwrap(), 0);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn reset<'a>(&'a self, cx: &'a impl Context) -> Option<MutexGuard<'a, T>> {
+        let me = cx.me().bits();
+        if OwnerTag::from_word(me).is_nobody() {
+            return None;
+        }
+        loop {
+            let w = self.word.load(Ordering::Relaxed);
+            if w & !WAITERS != NOT_RECOVERABLE {
+                return None;
+            }
+            // SYNC: Acquire pairs with the Release swap of the holder that left it
+            // not recoverable.
+            if self
+                .word
+                .compare_exchange(
+                    w,
+                    me | INCONSISTENT | (w & WAITERS),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return Some(self.guard(true));
+            }
+        }
+    }
+
     /// Locks, waiting as long as it takes for a live holder.
     ///
     /// # Errors
@@ -473,6 +550,34 @@ impl<T> DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as in deref, and `&mut self` makes this the only access.
         self.mutex.data.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+impl<T> MutexGuard<'_, T> {
+    /// Unlocks without declaring the data consistent, *passing the repair on*: the
+    /// next locker gets [`LockError::OwnerDied`] as if this holder had died. For a
+    /// holder that got `OwnerDied` and cannot repair now (dropping the guard
+    /// instead makes the mutex not recoverable).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::sync::{LockError, Mutex};
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let m = seg.find_or_create::<Mutex<u8>>("m", ())?;
+    /// m.raw().lock(&seg).unwrap().abandon();
+    /// assert!(matches!(m.raw().lock(&seg), Err(LockError::OwnerDied(_))));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn abandon(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.mutex.release(ABANDONED);
+    }
+}
+
+impl<T> crate::sync::Abandon for MutexGuard<'_, T> {
+    fn abandon(self) {
+        MutexGuard::abandon(self);
     }
 }
 

@@ -137,6 +137,33 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         }
     }
 
+    /// Builds an unlocked lock in place over zeroed memory, leaving the data's
+    /// zeroed bytes as its value.
+    ///
+    /// # Safety
+    ///
+    /// `at` is valid for writes of `size_of::<Self>()` bytes, aligned, zeroed, and
+    /// used by nobody else until this returns; zeroed bytes are a valid `T`.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn init_in_place(at: std::ptr::NonNull<Self>) {
+        let p = at.as_ptr();
+        // SAFETY: the caller's contract: in bounds, aligned, exclusive. Every
+        // atomic is written (under loom an atomic is not its bytes).
+        unsafe {
+            std::ptr::addr_of_mut!((*p).state).write(AtomicU64::new(0));
+            std::ptr::addr_of_mut!((*p).seq).write(AtomicU32::new(0));
+            std::ptr::addr_of_mut!((*p)._reserved1).write(AtomicU32::new(0));
+            std::ptr::addr_of_mut!((*p).drain).write(AtomicU32::new(0));
+            std::ptr::addr_of_mut!((*p)._reserved).write(AtomicU32::new(0));
+            let readers = std::ptr::addr_of_mut!((*p).readers).cast::<AtomicU64>();
+            for i in 0..READERS {
+                readers.add(i).write(AtomicU64::new(0));
+            }
+            #[cfg(loom)]
+            std::ptr::addr_of_mut!((*p).data).write(UnsafeCell::new(std::mem::zeroed()));
+        }
+    }
+
     /// The caller's reader entry.
     fn entry<G>(&self, me: OwnerTag) -> Result<&AtomicU64, LockError<G>> {
         if me.is_nobody() {
@@ -639,6 +666,40 @@ impl<T, const R: usize> Drop for RwLockReadGuard<'_, T, R> {
             self.lock.notify_drain(); // a writer may be waiting for us
         }
     }
+}
+
+impl<T, const R: usize> RwLockWriteGuard<'_, T, R> {
+    /// Unlocks without declaring the data consistent, passing the repair on: the
+    /// next writer gets [`LockError::OwnerDied`], readers see
+    /// [`is_inconsistent`](RwLockReadGuard::is_inconsistent).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::sync::{LockError, RwLock};
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let l = seg.find_or_create::<RwLock<u8>>("l", ())?;
+    /// l.raw().write(&seg).unwrap().abandon();
+    /// assert!(matches!(l.raw().write(&seg), Err(LockError::OwnerDied(_))));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn abandon(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SYNC: Release (within SeqCst), as in drop.
+        this.lock.state.store(INCONSISTENT, Ordering::SeqCst);
+        this.lock.notify();
+    }
+}
+
+impl<T, const R: usize> crate::sync::Abandon for RwLockWriteGuard<'_, T, R> {
+    fn abandon(self) {
+        RwLockWriteGuard::abandon(self);
+    }
+}
+
+impl<T, const R: usize> crate::sync::Abandon for RwLockReadGuard<'_, T, R> {
+    /// A reader changes nothing: the data stays marked for the next writer.
+    fn abandon(self) {}
 }
 
 impl<T, const R: usize> Drop for RwLockWriteGuard<'_, T, R> {
