@@ -78,11 +78,18 @@ compile_error!(
 pub mod alloc;
 mod directory;
 mod error;
+/// Fuzz entry points, shared by `fuzz/` and `tests/fuzz_replay.rs`: only with the
+/// `testkit` feature, which is test support outside semver.
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod layout;
+// The one door for atomics, UnsafeCell and futexes; public only to loom models.
+#[cfg(loom)]
 #[doc(hidden)]
 pub mod loom;
+#[cfg(not(loom))]
+mod loom;
 mod object;
 mod ptr;
 mod segment;
@@ -103,10 +110,14 @@ pub use segment::{
 /// derives' paths resolve through shmkit: `#[zerocopy(crate = "shmkit::zerocopy")]`).
 pub use zerocopy;
 
-/// The lock-free state machines under the segment, exposed for the loom models in
+/// The lock-free state machines under the segment, exposed (under `cfg(loom)` only)
+/// for the loom models in
 /// `tests/loom_*.rs`. Not a stable API.
+#[cfg(loom)]
 #[doc(hidden)]
 pub mod model {
+    /// The directory's create-race decision.
+    pub use crate::directory::protocol::{Found, Mode, Step, step};
     pub use crate::segment::init;
     pub use crate::segment::locks::{LockTable, MemHandle, MemLocks};
     pub use crate::segment::registry::{Identity, Slot, claim, reclaim, release};

@@ -577,7 +577,7 @@ fn a_corrupt_header_is_a_typed_error_naming_the_cause() {
     assert!(matches!(e, Error::FingerprintMismatch { .. }), "{e:?}");
     let e = open_after(|i| put(i, 8, &9u32.to_ne_bytes())).unwrap_err();
     assert!(matches!(e, Error::Corrupt { what: "state", .. }), "{e:?}");
-    let e = open_after(|i| put(i, 8, &shmkit::model::init::POISONED.to_ne_bytes())).unwrap_err();
+    let e = open_after(|i| put(i, 8, &3u32.to_ne_bytes() /* init::POISONED */)).unwrap_err();
     assert!(matches!(e, Error::Poisoned), "{e:?}");
     // A consistent checksum over impossible fields.
     for (off, value, what) in [

@@ -67,6 +67,7 @@ pub use class::{CLASSES, MAX_SMALL, SIZES};
 pub use heap::{Heap, MAX_ALLOC};
 pub use owner::BlockState;
 pub use pool::Reclaimed;
+#[cfg(not(loom))]
 pub(crate) use seg_mem::ROOT_WORDS;
 pub use stats::{ClassStats, OwnerStats, Stats};
 pub use string::ShmString;
@@ -75,6 +76,7 @@ pub use verify::{Report, Violation};
 
 /// The lock-free core, for the loom models in `tests/loom_heap.rs`. Not a stable
 /// API.
+#[cfg(any(loom, feature = "testkit"))]
 #[doc(hidden)]
 pub mod model {
     pub use super::class::{GEOMETRY, SpanGeometry};

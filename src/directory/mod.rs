@@ -52,6 +52,7 @@
 
 mod entry;
 mod locks;
+pub(crate) mod protocol;
 mod shared;
 mod table;
 
@@ -154,12 +155,7 @@ pub struct Directory<'s> {
     seg: &'s Segment,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Find,
-    Create,
-    FindOrCreate,
-}
+use protocol::{Found, Mode, Step, step};
 
 /// Checks an object name against the rule.
 fn check_name(name: &str) -> Result<()> {
@@ -479,37 +475,47 @@ impl<'s> Directory<'s> {
                 d.build()?;
             }
             let p = d.probe(name.as_bytes(), hash)?;
-            if let Some((i, mut e)) = p.found {
-                if e.head.state == entry::CREATING {
-                    if creator_alive(seg, &e) {
-                        drop(d);
-                        if Instant::now() >= deadline {
-                            return Err(Error::NotReady {
-                                state: entry::CREATING as u32,
-                                waited: CREATE_WAIT,
-                            });
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                        continue;
+            let found = p.found.as_ref().map(|(_, e)| Found {
+                creating: e.head.state == entry::CREATING,
+                creator_alive: creator_alive(seg, e),
+            });
+            match step(found, mode) {
+                Step::Wait => {
+                    drop(d);
+                    if Instant::now() >= deadline {
+                        return Err(Error::NotReady {
+                            state: entry::CREATING as u32,
+                            waited: CREATE_WAIT,
+                        });
                     }
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Step::Reclaim => {
                     // Its creator died half-way: nobody gets the half-built object.
-                    d.unlink_free(Some(i), &e)?;
+                    if let Some((i, e)) = &p.found {
+                        d.unlink_free(Some(*i), e)?;
+                    }
                     if mode == Mode::Find {
                         return Err(Error::NotFound(format!("object {name:?}")));
                     }
                     continue;
                 }
-                if mode == Mode::Create {
-                    return Err(Error::AlreadyExists(format!("object {name:?}")));
+                Step::Exists => return Err(Error::AlreadyExists(format!("object {name:?}"))),
+                Step::Missing => {
+                    return Err(p
+                        .damaged
+                        .unwrap_or_else(|| Error::NotFound(format!("object {name:?}"))));
                 }
-                let (ptr, cfg) = check_found::<T>(&heap, &e, name, config)?;
-                hold(seg, &mut d, &mut e, me)?;
-                return Ok(Shared::new(seg, e.off, ptr, cfg, name));
-            }
-            if mode == Mode::Find {
-                return Err(p
-                    .damaged
-                    .unwrap_or_else(|| Error::NotFound(format!("object {name:?}"))));
+                Step::Hand => {
+                    let Some((_, mut e)) = p.found else {
+                        unreachable!("Hand needs an entry")
+                    };
+                    let (ptr, cfg) = check_found::<T>(&heap, &e, name, config)?;
+                    hold(seg, &mut d, &mut e, me)?;
+                    return Ok(Shared::new(seg, e.off, ptr, cfg, name));
+                }
+                Step::Build => {}
             }
             if d.make_room()? {
                 continue; // positions changed: probe again

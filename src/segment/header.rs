@@ -211,6 +211,7 @@ pub(crate) fn check_committed(committed: u64, f: &HeaderFields) -> Result<u64> {
 /// Fuzzing aid: makes the fingerprint and checksum of a header image consistent,
 /// so that a fuzzer reaches the checks behind them. No-op on a short image.
 #[doc(hidden)]
+#[cfg(feature = "testkit")]
 pub fn repair_header(image: &mut [u8]) {
     const FIELDS: usize = std::mem::offset_of!(Header, fields);
     if image.len() < FIELDS + size_of::<HeaderFields>() {

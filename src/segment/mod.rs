@@ -20,8 +20,8 @@ mod slot_info;
 mod store;
 
 pub use handle::{Segment, recv_fd};
-#[doc(hidden)]
-pub use header::repair_header;
+#[cfg(feature = "testkit")]
+pub(crate) use header::repair_header;
 pub use names::{MAX_NAME_LEN, unique_name};
 pub use options::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, Opened, SegmentKind, SegmentOptions,
