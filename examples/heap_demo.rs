@@ -4,9 +4,10 @@
 //! cargo run --release --example heap_demo
 //! ```
 //!
-//! The parent creates a named POSIX segment and a heap in it, and a mailbox (a
-//! published heap block of 64 atomic slots). It re-executes this binary as worker
-//! processes that open the segment by name and, for a second, allocate strings,
+//! The parent creates a named POSIX segment and a heap in it, and a mailbox named
+//! "mailbox" (64 atomic slots, an object of the segment's directory). It
+//! re-executes this binary as worker processes that open the segment by name, find
+//! the mailbox by name (type-checked) and, for a second, allocate strings,
 //! publish them and post their offsets to the mailbox, and take other workers'
 //! strings out, check them and free them (cross-process free). One more worker
 //! allocates a few megabytes privately and is killed with SIGKILL while holding
@@ -20,17 +21,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmkit::alloc::{Heap, ShmBox, ShmString};
-use shmkit::{Offset, SegmentOptions};
+use shmkit::SegmentOptions;
+use shmkit::alloc::{Heap, ShmString};
 
 const TRADERS: usize = 3;
 const SLOTS: usize = 64;
 type Mailbox = [AtomicU64; SLOTS];
 
-fn trader(name: &str, mailbox: u64) -> shmkit::Result<()> {
+fn trader(name: &str) -> shmkit::Result<()> {
     let seg = SegmentOptions::posix(name).open()?;
     let heap = Heap::attach(&seg)?;
-    let boxed = mailbox_ref(&seg, mailbox)?;
+    let boxed = seg.find::<Mailbox>("mailbox")?;
     let me = std::process::id();
     let (mut sent, mut received) = (0u64, 0u64);
     let end = Instant::now() + Duration::from_secs(1);
@@ -82,12 +83,6 @@ fn hoarder(name: &str) -> shmkit::Result<()> {
     }
 }
 
-fn mailbox_ref(seg: &shmkit::Segment, off: u64) -> shmkit::Result<&Mailbox> {
-    // SAFETY: the mailbox is the only view of this block in every process (an
-    // array of atomics), published by the parent before the workers started.
-    unsafe { seg.resolve(Offset::<Mailbox>::new(off)) }
-}
-
 /// Kills and reaps a child on drop, so the demo never leaves processes behind.
 struct Reaped(Child);
 impl Drop for Reaped {
@@ -120,7 +115,7 @@ fn spawn(args: &[&str]) -> Result<(Reaped, String), Box<dyn std::error::Error>> 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("trader") => return Ok(trader(&args[2], args[3].parse()?)?),
+        Some("trader") => return Ok(trader(&args[2])?),
         Some("hoarder") => return Ok(hoarder(&args[2])?),
         _ => {}
     }
@@ -131,22 +126,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .committed(1 << 20)
         .create()?;
     let heap = Heap::attach(&seg)?;
-    let mailbox = ShmBox::new(
-        &heap,
-        std::array::from_fn::<AtomicU64, SLOTS, _>(|_| AtomicU64::new(0)),
-    )?;
-    let mailbox_off = mailbox.into_shared()?.get();
+    let mailbox = seg.create::<Mailbox>("mailbox", ())?;
     let baseline = heap.stats()?.used;
     println!(
-        "heap in /dev/shm/{name}: {} B committed, mailbox at {mailbox_off:#x}",
-        seg.committed()
+        "heap in /dev/shm/{name}: {} B committed; {:?} at offset {:#x}",
+        seg.committed(),
+        mailbox.name(),
+        mailbox.offset().get()
     );
 
     let (mut hoarder, line) = spawn(&["hoarder", &name])?;
     print!("  {line}");
     let mut traders = Vec::new();
     for _ in 0..TRADERS {
-        traders.push(spawn(&["trader", &name, &mailbox_off.to_string()])?.0);
+        traders.push(spawn(&["trader", &name])?.0);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     for (k, t) in traders.iter_mut().enumerate() {
@@ -199,9 +192,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Drain what the traders left in the mailbox (published strings).
-    let boxed = mailbox_ref(&seg, mailbox_off)?;
     let mut drained = 0;
-    for slot in boxed {
+    for slot in mailbox.iter() {
         let off = slot.swap(0, Ordering::Acquire);
         if off != 0 {
             ShmString::from_shared(&heap, off)?;

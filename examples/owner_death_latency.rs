@@ -21,8 +21,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shmkit::SegmentOptions;
 use shmkit::sync::{LockError, Mutex};
-use shmkit::{Offset, Segment, SegmentOptions};
 
 /// Set in a child: the segment's name.
 const CHILD_VAR: &str = "SHMKIT_LATENCY_CHILD";
@@ -31,17 +31,12 @@ const LOCKED: &str = "locked";
 /// Bound on a child's start-up (a hang, not a speed limit).
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn mutex_at(seg: &Segment) -> Offset<Mutex<u64>> {
-    Offset::new(seg.user_offset())
-}
-
 /// The child: lock, say so, then hold the lock until killed (or until our stdin
 /// closes, when the parent is gone).
 fn child(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let seg = SegmentOptions::posix(name).open()?;
-    // SAFETY: this test views each offset as one type only.
-    let m = unsafe { seg.resolve(mutex_at(&seg)) }?;
-    let _held = match m.lock(&seg) {
+    let m = seg.find::<Mutex<u64>>("m")?;
+    let _held = match m.raw().lock(&seg) {
         Ok(g) => g,
         Err(LockError::OwnerDied(mut g)) => {
             g.make_consistent();
@@ -115,8 +110,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_size(1 << 20)
         .committed(64 << 10)
         .create()?;
-    // SAFETY: the segment was just made and nobody else has its name yet.
-    let m = unsafe { seg.place(mutex_at(&seg), Mutex::new(0u64)) }?;
+    let m = seg.create::<Mutex<u64>>("m", ())?;
+    let m = m.raw();
 
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(trials);

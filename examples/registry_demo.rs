@@ -6,8 +6,8 @@
 //! ```
 //!
 //! The parent creates a named POSIX segment and re-executes this binary as worker
-//! processes. Each worker opens the segment by name, takes a registry slot and adds
-//! to a shared counter. The parent SIGKILLs one worker mid-run, shows the registry
+//! processes. Each worker opens the segment by name, takes a registry slot, finds
+//! the shared counter by name and adds to it. The parent SIGKILLs one worker mid-run, shows the registry
 //! verdicts, reclaims the dead slot and checks the counter.
 #![allow(clippy::disallowed_types)] // std atomics are fine in an example's own data
 
@@ -16,19 +16,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmkit::{Offset, Segment, SegmentOptions, SlotState};
+use shmkit::{Segment, SegmentOptions, Shared, SlotState};
 
 const WORKERS: usize = 4;
 const ADDS_PER_WORKER: u64 = 1_000_000;
 
-/// Shared words at the start of the user region.
-fn counter(seg: &Segment) -> shmkit::Result<&AtomicU64> {
-    // SAFETY: this test views each offset as one type only.
-    unsafe { seg.resolve(Offset::new(seg.user_offset())) }
+/// The shared words, found by name (the parent creates them, type-checked on
+/// every find).
+fn counter(seg: &Segment) -> shmkit::Result<Shared<AtomicU64>> {
+    seg.find_or_create("counter", ())
 }
-fn done(seg: &Segment) -> shmkit::Result<&AtomicU64> {
-    // SAFETY: this test views each offset as one type only.
-    unsafe { seg.resolve(Offset::new(seg.user_offset() + 8)) }
+fn done(seg: &Segment) -> shmkit::Result<Shared<AtomicU64>> {
+    seg.find_or_create("done", ())
 }
 
 fn worker(name: &str, forever: bool) -> shmkit::Result<()> {
@@ -77,6 +76,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seg.committed(),
         seg.slot()
     );
+    let (total, finished) = (counter(&seg)?, done(&seg)?);
+    println!(
+        "objects by name: {:?}",
+        seg.directory()
+            .list()?
+            .iter()
+            .map(|o| format!("{} ({})", o.name, o.identity.name))
+            .collect::<Vec<_>>()
+    );
 
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -94,6 +102,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or("worker did not report its slot")?;
+        // A worker that finished and detached frees its slot: the next one may
+        // take the same slot (with a new incarnation).
         println!("worker {i} (pid {}) attached at slot {slot}", child.id());
         slots.push(slot);
         children.push(Reaped(child));
@@ -115,7 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    while done(&seg)?.load(Ordering::Acquire) < WORKERS as u64 {
+    while finished.load(Ordering::Acquire) < WORKERS as u64 {
         if Instant::now() > deadline {
             return Err("worker 0 did not finish its adds".into());
         }
@@ -148,7 +158,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // The killed worker had finished its adds before waiting to be killed.
-    let total = counter(&seg)?.load(Ordering::Acquire);
+    let total = total.load(Ordering::Acquire);
     println!(
         "shared counter: {total} (expected {})",
         WORKERS as u64 * ADDS_PER_WORKER

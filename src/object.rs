@@ -287,6 +287,28 @@ atomic_object!(
     AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicI8, AtomicI16, AtomicI32, AtomicI64
 );
 
+// SAFETY: N elements of a ShmObject whose size is its type's (config `()`): the
+// array's size; init builds each element in place; an array of ShmShared
+// zerocopy types is ShmShared.
+unsafe impl<T, const N: usize> ShmObject for [T; N]
+where
+    T: ShmObject<Config = ()> + zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout,
+{
+    type Config = ();
+    const VERSION: u32 = 1;
+    fn type_name() -> String {
+        format!("[{}; {N}]", T::type_name())
+    }
+    unsafe fn init(at: NonNull<Self>, config: &()) {
+        let first = at.cast::<T>();
+        for i in 0..N {
+            // SAFETY: element i of the caller's region, itself zeroed, aligned and
+            // exclusive.
+            unsafe { T::init(first.add(i), config) };
+        }
+    }
+}
+
 /// Checks that a configuration is storable: encode → decode gives it back.
 pub(crate) fn check_config<C: ObjectConfig>(c: &C) -> Result<()> {
     if C::decode(c.encode()).as_ref() != Some(c) {

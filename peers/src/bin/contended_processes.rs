@@ -3,7 +3,7 @@
 //! same run (A B A B, medians), so that the ratio survives a noisy machine.
 //!
 //! ```text
-//! cargo run --release --example contended_processes [rounds]
+//! cd peers && cargo run --release --bin contended_processes [rounds]
 //! ```
 #![allow(clippy::disallowed_types)] // the example's own std atomics
 
