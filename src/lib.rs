@@ -9,37 +9,42 @@
 //! - [`SegmentOptions`] / [`Segment`]: shared memory of every kind (named POSIX
 //!   shm, memfd passed over a Unix socket, System V, file-backed, anonymous across
 //!   `fork`, and heap-backed for tests), created with a safe init protocol, reserved
-//!   at a maximum size and committed as it grows;
-//! - the **process registry**: each handle holds a slot whose liveness the kernel
-//!   vouches for ([`Segment::slot_info`], [`Segment::reclaim_dead`]);
-//! - [`Offset`]: base-relative references, checked on every resolve;
-//!   [`Tagged`] / [`AtomicTagged`]: offset + 32-bit tag words for ABA-safe CAS;
+//!   at a maximum size and committed as it grows; a `Segment` is a cheap `Clone`;
+//! - the **directory** ([`Segment::find_or_create`], [`Segment::find`],
+//!   [`Directory`]): objects by name, type-checked ([`ShmObject`],
+//!   [`TypeIdentity`]), built once among racing processes, handed out as
+//!   [`Shared`] handles that deref to the object and own what they need;
+//! - the **process registry**: each attachment holds a slot whose liveness the
+//!   kernel vouches for ([`Segment::slot_info`], [`Segment::reclaim_dead`]);
 //! - [`sync`]: robust process-shared locks (Mutex, RwLock, Condvar, Semaphore,
 //!   Event): a holder that dies is detected within milliseconds and the next locker
-//!   gets `OwnerDied`;
+//!   gets `OwnerDied` (on a handle: [`Shared::lock_or_recover`](Shared) repairs);
 //! - [`alloc`]: the shared heap — a lock-free allocator in the segment whose
 //!   blocks record their owner, so that [`alloc::Heap::reclaim_dead`] gives back
 //!   what a killed process held; [`alloc::ShmBox`], [`alloc::ShmVec`],
 //!   [`alloc::ShmString`] are stored as offsets and handed between processes;
-//! - [`ShmSafe`]: the marker for types allowed in a segment; [`ShmShared`]: those
-//!   that may be shared by reference (atomics only).
+//! - [`ShmSafe`]: the marker for types allowed in a segment, derived through
+//!   zerocopy (no `unsafe`); [`ShmShared`]: those that may be shared by reference;
+//!   [`Offset`], [`Tagged`] / [`AtomicTagged`]: base-relative references and
+//!   offset + tag words for ABA-safe CAS.
 //!
 //! # Example
 //!
 //! ```
-//! use shmkit::{Offset, SegmentOptions};
+//! use shmkit::{SegmentOptions, sync::Mutex};
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //!
 //! let name = shmkit::unique_name("example-")?;
-//! let seg = SegmentOptions::posix(&name).max_size(1 << 20).committed(64 << 10).create()?;
-//! let counter = Offset::<AtomicU64>::new(seg.user_offset());
-//! // SAFETY: this program views the counter's offset as an AtomicU64 only.
-//! unsafe { seg.resolve(counter)? }.fetch_add(1, Ordering::Relaxed);
+//! let seg = SegmentOptions::posix(&name).max_size(16 << 20).create()?;
+//! let hits = seg.find_or_create::<AtomicU64>("hits", ())?;
+//! hits.fetch_add(1, Ordering::Relaxed);
+//! let total = seg.find_or_create::<Mutex<u64>>("total", ())?;
+//! *total.lock_or_recover(|t| *t = 0)? += 10;
 //!
 //! // Another process would do exactly this, by name:
 //! let peer = SegmentOptions::posix(&name).open()?;
-//! // SAFETY: as above.
-//! assert_eq!(unsafe { peer.resolve(counter)? }.load(Ordering::Relaxed), 1);
+//! assert_eq!(peer.find::<AtomicU64>("hits")?.load(Ordering::Relaxed), 1);
+//! assert_eq!(*peer.find::<Mutex<u64>>("total")?.lock()?, 10);
 //! assert!(peer.is_alive(seg.slot())?);
 //! # Ok::<(), shmkit::Error>(())
 //! ```
@@ -60,10 +65,11 @@
 //!   [`SegmentOptions::open_or_create`] reclaims what carries our magic (and
 //!   nothing else). A process killed while attaching or attached leaves a registry
 //!   slot that peers see as dead and reclaim.
-//! - **Checked by:** loom models of the init-state protocol and the slot claim
-//!   (including a thread that stops half-way); multi-process and `SIGKILL` tests of
-//!   real segments; a fuzz target over segment images; miri over the heap-backed
-//!   region.
+//! - **Checked by:** loom models of the init-state protocol, the slot claim, the
+//!   locks, the heap and the directory's create race (including threads that stop
+//!   half-way); proptest models against std references; multi-process and
+//!   `SIGKILL` tests of real segments; fuzz targets over segment images, heap
+//!   metadata and directory entries; miri over the heap-backed region.
 //! - **Platform:** Linux only (x86_64, aarch64), with `/proc` mounted. Segments are
 //!   at most 64 GiB. The README lists every known limitation.
 #![cfg_attr(docsrs, feature(doc_cfg))]

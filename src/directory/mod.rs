@@ -7,7 +7,7 @@
 //!
 //! let name = shmkit::unique_name("doc-dir-")?;
 //! // Any process: the first one builds, the others find (type-checked).
-//! let a = SegmentOptions::posix(&name).max_size(16 << 20).open_or_create()?.into_segment();
+//! let (a, _created) = SegmentOptions::posix(&name).max_size(16 << 20).open_or_create()?;
 //! let hits = a.find_or_create::<Mutex<u64>>("hits", ())?;
 //! *hits.lock_or_recover(|n| *n = 0)? += 1;
 //!
