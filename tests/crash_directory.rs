@@ -112,7 +112,7 @@ const HOLD_US: u64 = 1000;
 /// (and only it) instead of failing, and the entries it leaves are freed by the
 /// directory reclaim once their creators are gone (killed, or stopped at the
 /// end). Set it to `false` once the bug is fixed.
-const KNOWN_BUG_REMOVE_DURING_BUILD: bool = true;
+const KNOWN_BUG_REMOVE_DURING_BUILD: bool = false;
 /// The parent kills a worker every `KILL_MS.0..=KILL_MS.1` milliseconds.
 const KILL_MS: (u64, u64) = (50, 200);
 /// A worker's exit code for a failed check (a half-built object, a value going

@@ -1213,7 +1213,10 @@ fn stats_add_up_and_count_each_owner_alive_or_dead() {
     let before = owner_stats(&heap.stats().unwrap(), them).unwrap().clone();
     assert!(before.cached_blocks >= 4, "{before:?}");
     bury(peer_heap);
-    peer.simulate_crash();
+    // SAFETY: this attachment's other handles were forgotten (as a killed
+    // process's are): no guard borrows any of them.
+    unsafe { peer.simulate_crash_now() };
+    drop(peer);
     let s = assert_clean(&heap);
     let dead = owner_stats(&s, them).unwrap();
     assert!(!dead.alive);
@@ -1321,7 +1324,10 @@ fn a_crashed_handle_s_blocks_are_reclaimed_and_a_live_one_s_are_not() {
     let living_before = owner_stats(&heap.stats().unwrap(), living.owner_tag())
         .unwrap()
         .clone();
-    dying.simulate_crash();
+    // SAFETY: this attachment's other handles were forgotten (as a killed
+    // process's are): no guard borrows any of them.
+    unsafe { dying.simulate_crash_now() };
+    drop(dying);
 
     let r = heap.reclaim_dead().unwrap();
     assert_eq!(r.owners, vec![dying_tag]);

@@ -572,13 +572,26 @@ impl Heap {
     ///
     /// See [`state`](Self::state).
     pub fn publish(&self, off: u64) -> Result<()> {
+        self.publish_word(off, BlockState::Shared.to_word())
+    }
+
+    /// As [`publish`](Self::publish), with a stamp in the `Shared` word; returns
+    /// the word. A structure that journals a published block records the word, so
+    /// that its recovery acts on the block only while the word is still exactly
+    /// that (a block freed and reused since has another word).
+    pub(crate) fn publish_stamped(&self, off: u64, stamp: u64) -> Result<u64> {
+        let word = super::owner::shared_stamped(stamp);
+        self.publish_word(off, word).map(|()| word)
+    }
+
+    fn publish_word(&self, off: u64, to: u64) -> Result<()> {
         let me = self.me()?;
         let (w, _) = self.owner_of(off)?;
         // SYNC: Release pairs with the Acquire of `adopt`/`free` in the process that
         // takes the block over: our writes to it happen before their use.
         w.compare_exchange(
             BlockState::Owned(me).to_word(),
-            BlockState::Shared.to_word(),
+            to,
             Ordering::Release,
             Ordering::Relaxed,
         )
@@ -587,6 +600,13 @@ impl Heap {
             offset: off,
             reason: "not owned by this process",
         })
+    }
+
+    /// The raw owner word of the block at `off` (see `publish_stamped`).
+    pub(crate) fn owner_word(&self, off: u64) -> Result<u64> {
+        let (w, _) = self.owner_of(off)?;
+        // SYNC: Acquire pairs with the Release of a publish.
+        Ok(w.load(Ordering::Acquire))
     }
 
     /// Takes a published block back into this process's private ownership (so that
@@ -612,11 +632,30 @@ impl Heap {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn adopt(&self, off: u64) -> Result<()> {
+        let (w, _) = self.owner_of(off)?;
+        // SYNC: Acquire pairs with the Release of the publish whose word we CAS.
+        let cur = w.load(Ordering::Acquire);
+        if BlockState::from_word(cur) != Some(BlockState::Shared) {
+            return Err(Error::BadBlock {
+                offset: off,
+                reason: "not a published block",
+            });
+        }
+        self.adopt_if(off, cur)
+    }
+
+    /// Takes the block over only if its owner word is exactly `word` (a `Shared`
+    /// word, possibly stamped).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadBlock`] if the word is another.
+    pub(crate) fn adopt_if(&self, off: u64, word: u64) -> Result<()> {
         let me = self.me()?;
         let (w, _) = self.owner_of(off)?;
         // SYNC: Acquire pairs with the Release in `publish`.
         w.compare_exchange(
-            BlockState::Shared.to_word(),
+            word,
             BlockState::Owned(me).to_word(),
             Ordering::Acquire,
             Ordering::Relaxed,

@@ -50,7 +50,9 @@ impl BlockState {
         match w & (3 << STATE_SHIFT) {
             OWNED if !tag.is_nobody() => Some(Self::Owned(tag)),
             CACHED if !tag.is_nobody() => Some(Self::Cached(tag)),
-            SHARED if w == SHARED => Some(Self::Shared),
+            // Any stamp: the low bits of a published word name who published it
+            // (see `shared_stamped`), which no reader of the state needs.
+            SHARED => Some(Self::Shared),
             FREE if w == FREE => Some(Self::Free),
             _ => None,
         }
@@ -72,6 +74,17 @@ impl BlockState {
     }
 }
 
+/// Bits of a publish stamp in a `Shared` owner word.
+pub const STAMP_MASK: u64 = (1 << STATE_SHIFT) - 1;
+
+/// The owner word of a block published with `stamp`: still `Shared` to everyone,
+/// but a structure that journals the block can tell *its* publication from a later
+/// one by whoever reuses the block after it was freed.
+#[inline]
+pub const fn shared_stamped(stamp: u64) -> u64 {
+    SHARED | (stamp & STAMP_MASK)
+}
+
 /// The word of a free block on a shared list.
 pub const FREE_WORD: u64 = FREE;
 
@@ -91,7 +104,7 @@ mod tests {
             assert_eq!(BlockState::from_word(s.to_word()), Some(s));
         }
         assert_eq!(BlockState::from_word(0), None); // owned by nobody
-        assert_eq!(BlockState::from_word(SHARED | 5), None);
+        assert_eq!(BlockState::from_word(SHARED | 5), Some(BlockState::Shared));
         assert_eq!(BlockState::from_word(FREE | 1), None);
         assert_eq!(BlockState::from_word(CACHED), None);
     }

@@ -2,7 +2,7 @@
 //! its type name, and then (aligned) the object itself.
 //!
 //! ```text
-//! block: | EntryHead (200 B) | name (1..=255 B) | type name | pad | object ... |
+//! block: | EntryHead (208 B) | name (1..=255 B) | type name | pad | object ... |
 //! ```
 //!
 //! Every field is written under the directory lock and read under it; a peer may
@@ -59,6 +59,9 @@ pub struct EntryHead {
     pub holders: [u64; INLINE_HOLDERS],
     /// Offset of the overflow holder block (one word per registry slot), or 0.
     pub more: u64,
+    /// The holder block's owner word as published (stamped): recovery frees it
+    /// only while the heap still shows exactly this word.
+    pub more_word: u64,
     /// Next entry on the removed list, or 0.
     pub next_removed: u64,
     /// When it was created (CLOCK_REALTIME, ns).
@@ -67,7 +70,7 @@ pub struct EntryHead {
 
 /// Bytes of the head.
 pub const HEAD: u64 = size_of::<EntryHead>() as u64;
-const _: () = assert!(HEAD == 200);
+const _: () = assert!(HEAD == 208);
 
 /// An entry, copied and checked.
 #[derive(Clone, Debug)]

@@ -515,7 +515,13 @@ impl<'s> Directory<'s> {
                     hold(seg, &mut d, &mut e, me)?;
                     return Ok(Shared::new(seg, e.off, ptr, cfg, name));
                 }
-                Step::Build => {}
+                Step::Build => {
+                    if let Some(damaged) = p.damaged {
+                        // A damaged entry on the probe path may be this very name:
+                        // linking it again would give the name two objects.
+                        return Err(damaged);
+                    }
+                }
             }
             if d.make_room()? {
                 continue; // positions changed: probe again
@@ -602,11 +608,10 @@ fn check_found<T: ShmObject>(
 /// locally by handle).
 fn hold(seg: &Segment, d: &mut Locked<'_>, e: &mut entry::Entry, me: OwnerTag) -> Result<()> {
     let mut local = seg.local().lock().unwrap_or_else(|e| e.into_inner());
-    let c = local.entry(e.off).or_insert(0);
-    if *c == 0 {
+    if !local.holds.contains_key(&e.off) {
         d.add_holder(e, me)?;
     }
-    *c += 1;
+    *local.holds.entry(e.off).or_insert(0) += 1;
     Ok(())
 }
 
@@ -658,6 +663,7 @@ fn create_entry<T: ShmObject>(
         type_len: type_name.len() as u64,
         holders,
         more: 0,
+        more_word: 0,
         next_removed: 0,
         created_ns: now_ns(),
     };
@@ -672,7 +678,8 @@ fn create_entry<T: ShmObject>(
         return Err(err);
     }
     let mut local = d.seg.local().lock().unwrap_or_else(|e| e.into_inner());
-    *local.entry(off).or_insert(0) += 1;
+    *local.holds.entry(off).or_insert(0) += 1;
+    local.building.insert(off);
     Ok(off)
 }
 
@@ -686,11 +693,17 @@ struct Unbuilt<'a> {
 impl Drop for Unbuilt<'_> {
     fn drop(&mut self) {
         let mut local = self.seg.local().lock().unwrap_or_else(|e| e.into_inner());
-        local.remove(&self.off);
+        local.holds.remove(&self.off);
+        local.building.remove(&self.off);
         drop(local);
+        // Best effort: if this fails, the entry stays `Creating` under our (live)
+        // tag but no longer in `building`, so the next look from this attachment
+        // reclaims it.
         if let Ok(mut d) = Locked::lock(self.heap) {
             if let Ok(e) = entry::read(self.heap, self.off) {
-                if let Ok(Some(i)) = d.entries().map(|v| {
+                if e.head.state == entry::REMOVED {
+                    let _ = d.unlink_free(None, &e);
+                } else if let Ok(Some(i)) = d.entries().map(|v| {
                     v.into_iter()
                         .find(|(_, x)| x.as_ref().is_ok_and(|x| x.off == self.off))
                 }) {
@@ -721,6 +734,11 @@ fn build<T: ShmObject>(
     init(unsafe { ptr.as_ref() });
     let mut d = Locked::lock(heap)?;
     d.mark_ready(off, seg.owner_tag())?;
+    seg.local()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .building
+        .remove(&off);
     drop(d);
     std::mem::forget(guard);
     Ok(Shared::new(seg, off, ptr, config, name))

@@ -160,7 +160,7 @@ impl<T: ShmObject> Shared<T> {
         let me = self.seg.owner_tag();
         {
             let mut local = self.seg.local().lock().unwrap_or_else(|e| e.into_inner());
-            match local.get_mut(&self.entry) {
+            match local.holds.get_mut(&self.entry) {
                 Some(c) if *c > 1 => {
                     *c -= 1;
                     return Ok(());
@@ -173,14 +173,14 @@ impl<T: ShmObject> Shared<T> {
         let mut d = Locked::lock(&heap)?;
         {
             let mut local = self.seg.local().lock().unwrap_or_else(|e| e.into_inner());
-            let Some(c) = local.get_mut(&self.entry) else {
+            let Some(c) = local.holds.get_mut(&self.entry) else {
                 return Ok(());
             };
             *c -= 1;
             if *c > 0 {
                 return Ok(());
             }
-            local.remove(&self.entry);
+            local.holds.remove(&self.entry);
         }
         let mut e = entry::read(&heap, self.entry)?;
         d.remove_holder(&mut e, me)?;
@@ -206,7 +206,7 @@ impl<T: ShmObject> Deref for Shared<T> {
 impl<T: ShmObject> Clone for Shared<T> {
     fn clone(&self) -> Self {
         let mut local = self.seg.local().lock().unwrap_or_else(|e| e.into_inner());
-        *local.entry(self.entry).or_insert(0) += 1;
+        *local.holds.entry(self.entry).or_insert(0) += 1;
         drop(local);
         Shared {
             seg: self.seg.clone(),

@@ -28,7 +28,7 @@
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use super::entry::{self, CREATING, Entry, INLINE_HOLDERS, READY, REMOVED};
 use crate::alloc::{BlockState, Heap};
@@ -83,10 +83,16 @@ pub struct DirRoot {
     pub generation: u64,
     /// Journal: operation, then its arguments.
     pub j_op: u64,
-    /// First argument.
+    /// Arguments (blocks, and the stamped owner words they were published with).
     pub j_a: u64,
-    /// Second argument.
+    /// See `j_a`.
     pub j_b: u64,
+    /// See `j_a`.
+    pub j_c: u64,
+    /// See `j_a`.
+    pub j_d: u64,
+    /// See `j_a`.
+    pub j_e: u64,
 }
 
 #[cfg(not(loom))]
@@ -132,12 +138,14 @@ impl<'h> Locked<'h> {
                 g.make_consistent();
                 g
             }
+            // Only a stray write makes it so (this module always repairs), and it
+            // erased the holder's name: taking it over could make two mutators.
+            // The directory stays refused (an error, never a second writer).
             Err(LockError::NotRecoverable) => {
-                // Only a stray write makes it so (this module always repairs):
-                // take it over, the journal decides what is left to do.
-                let mut g = m.reset(seg).ok_or(Error::NotRecoverable)?;
-                g.make_consistent();
-                g
+                return Err(Error::corrupt(
+                    "directory lock",
+                    "left not recoverable (this module never does that: a stray write)",
+                ));
             }
             Err(LockError::TimedOut) => {
                 return Err(Error::LockTimeout {
@@ -186,31 +194,71 @@ impl<'h> Locked<'h> {
             return Ok(());
         }
         let t = self.new_table(MIN_BUCKETS)?;
-        self.journal(J_TABLE, t, 0);
-        self.heap.publish(t)?;
+        if let Err(e) = self.publish_journalled(t, J_TABLE, [t, 0, 0, 0, MIN_BUCKETS], 1) {
+            let _ = self.heap.free(t);
+            return Err(e);
+        }
         let g = &mut *self.guard;
-        g.table = t;
-        g.buckets = MIN_BUCKETS;
         g.live = 0;
         g.used = 0;
+        g.buckets = MIN_BUCKETS;
+        g.table = t;
         g.magic = DIR_MAGIC;
         g.generation += 1;
         self.clear_journal();
         Ok(())
     }
 
-    fn journal(&mut self, op: u64, a: u64, b: u64) {
+    fn journal(&mut self, op: u64, args: [u64; 5]) {
         let g = &mut *self.guard;
-        g.j_a = a;
-        g.j_b = b;
+        [g.j_a, g.j_b, g.j_c, g.j_d, g.j_e] = args;
         g.j_op = op;
+        // The journal is complete in memory before any step it covers: a process
+        // killed at an instruction boundary leaves its stores in program order
+        // (the kernel makes them visible before its death is), so only the
+        // compiler could reorder them.
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
     }
 
     fn clear_journal(&mut self) {
+        // Every step the journal covered is done before it is forgotten.
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         let g = &mut *self.guard;
         g.j_op = 0;
-        g.j_a = 0;
-        g.j_b = 0;
+        [g.j_a, g.j_b, g.j_c, g.j_d, g.j_e] = [0; 5];
+    }
+
+    /// A fresh publish stamp: unique to this attachment (its owner tag) and call.
+    fn stamp(&self) -> u64 {
+        #[allow(clippy::disallowed_types)] // a process-local counter, not shared memory
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.seg.owner_tag().bits().to_le_bytes());
+        bytes[8..].copy_from_slice(&n.to_le_bytes());
+        crate::layout::fnv1a(crate::layout::FNV_START, &bytes) | 1
+    }
+
+    /// Publishes our block `off` with a fresh stamp, journalled first as `op`
+    /// (`args` with the stamped word put at `word_at`); returns the word.
+    fn publish_journalled(
+        &mut self,
+        off: u64,
+        op: u64,
+        mut args: [u64; 5],
+        word_at: usize,
+    ) -> Result<u64> {
+        let stamp = self.stamp();
+        args[word_at] = crate::alloc::shared_stamped(stamp);
+        self.journal(op, args);
+        match self.heap.publish_stamped(off, stamp) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                // Not published: still ours, the caller frees it.
+                self.clear_journal();
+                Err(e)
+            }
+        }
     }
 
     /// A zeroed table block of `buckets` words, owned by us.
@@ -225,6 +273,11 @@ impl<'h> Locked<'h> {
 
     /// The table, checked: its words and their number.
     fn table(&self) -> Result<(NonNull<u64>, u64)> {
+        self.table_at().map(|(p, b, _)| (p, b))
+    }
+
+    /// The table, checked: its words, their number, and its block's offset.
+    fn table_at(&self) -> Result<(NonNull<u64>, u64, u64)> {
         let r = *self.guard;
         let (t, b) = (r.table, r.buckets);
         if !b.is_power_of_two() || !(MIN_BUCKETS..=MAX_BUCKETS).contains(&b) || t % 8 != 0 {
@@ -245,7 +298,7 @@ impl<'h> Locked<'h> {
                 format!("table block of {size} bytes for {b} buckets"),
             ));
         }
-        Ok((self.heap.ptr(t)?.cast::<u64>(), b))
+        Ok((self.heap.ptr(t)?.cast::<u64>(), b, t))
     }
 
     fn get(t: NonNull<u64>, i: usize) -> u64 {
@@ -309,12 +362,14 @@ impl<'h> Locked<'h> {
     /// Heap errors; [`Error::OutOfMemory`] past the largest table.
     pub fn make_room(&mut self) -> Result<bool> {
         let r = *self.guard;
-        if (r.used + 1) * 4 <= r.buckets * 3 {
+        let (_, buckets) = self.table()?;
+        let (live, used) = (r.live.min(buckets), r.used.min(buckets));
+        if used.saturating_add(1).saturating_mul(4) <= buckets.saturating_mul(3) {
             return Ok(false);
         }
-        let mut nb = r.buckets;
-        if (r.live + 1) * 2 > r.buckets {
-            nb *= 2;
+        let mut nb = buckets;
+        if live.saturating_add(1).saturating_mul(2) > buckets {
+            nb = nb.saturating_mul(2);
         }
         if nb > MAX_BUCKETS {
             return Err(Error::OutOfMemory {
@@ -333,10 +388,16 @@ impl<'h> Locked<'h> {
     ///
     /// Heap errors (the old table then stays).
     pub fn shrink(&mut self) -> Result<()> {
-        let r = *self.guard;
-        if r.buckets > MIN_BUCKETS && r.live * 8 < r.buckets {
-            let mut nb = r.buckets / 2;
-            while nb > MIN_BUCKETS && r.live * 8 < nb {
+        let (_, buckets) = self.table()?;
+        if buckets <= MIN_BUCKETS || self.guard.live.saturating_mul(8) >= buckets {
+            return Ok(());
+        }
+        // Counted (rarely: only when shrinking), not trusted from the root: the
+        // new table must hold them all.
+        let (live, _) = self.count()?;
+        if live * 8 < buckets {
+            let mut nb = buckets / 2;
+            while nb > MIN_BUCKETS && live * 8 < nb {
                 nb /= 2;
             }
             self.rebuild(nb)?;
@@ -346,8 +407,14 @@ impl<'h> Locked<'h> {
 
     /// Copies every entry into a new table of `nb` buckets and swaps it in.
     fn rebuild(&mut self, nb: u64) -> Result<()> {
-        let (old, ob) = self.table()?;
-        let old_off = self.guard.table;
+        let (old, ob, old_off) = self.table_at()?;
+        let (live, _) = self.count()?;
+        if live >= nb {
+            return Err(Error::corrupt(
+                "directory table",
+                format!("{live} entries do not fit {nb} buckets"),
+            ));
+        }
         let new = self.new_table(nb)?;
         let nt = self.heap.ptr(new)?.cast::<u64>();
         let mut live = 0;
@@ -357,38 +424,53 @@ impl<'h> Locked<'h> {
                 continue;
             }
             let mut j = ((w >> OFF_BITS) & (nb - 1)) as usize;
+            // Bounded: live < nb, so a free bucket exists.
             while Self::get(nt, j) != EMPTY {
                 j = (j + 1) & (nb as usize - 1);
             }
             Self::set(nt, j, w);
             live += 1;
         }
-        self.journal(J_TABLE, new, old_off);
-        self.heap.publish(new)?;
+        let old_word = self.published_word(old_off, "directory table")?;
+        if let Err(e) = self.publish_journalled(new, J_TABLE, [new, 0, old_off, old_word, nb], 1) {
+            let _ = self.heap.free(new);
+            return Err(e);
+        }
         let g = &mut *self.guard;
-        g.table = new;
         g.buckets = nb;
+        g.table = new;
         g.live = live;
         g.used = live;
         g.generation += 1;
-        self.release(old_off)
+        self.release(old_off, old_word)
     }
 
-    /// The second half of every free: the block is unreachable and `Shared`;
-    /// adopt it, forget the journal, free it.
-    fn release(&mut self, off: u64) -> Result<()> {
-        let r = if off != 0 && self.heap.state(off)? == BlockState::Shared {
-            self.heap.adopt(off)
-        } else {
-            Ok(())
-        };
-        self.clear_journal();
-        r?;
-        if off != 0 {
-            // Ours now: if we die before this, the heap's reclaim frees it.
-            self.heap.free(off)?;
+    /// The owner word of a reachable block of ours, which must be published.
+    fn published_word(&self, off: u64, what: &'static str) -> Result<u64> {
+        let w = self.heap.owner_word(off)?;
+        if BlockState::from_word(w) != Some(BlockState::Shared) {
+            return Err(Error::corrupt(
+                what,
+                format!("block {off:#x} is linked but not published (owner word {w:#018x})"),
+            ));
         }
-        Ok(())
+        Ok(w)
+    }
+
+    /// The second half of every free: `off` is unreachable, and ours while its
+    /// owner word is still exactly `word` (the journal names both). Adopt it,
+    /// forget the journal, free it. Any other word means it is not ours any more
+    /// (the heap's `reclaim_dead` returns a block a dead process adopted, and a
+    /// block freed since may be someone else's now): then only forget.
+    fn release(&mut self, off: u64, word: u64) -> Result<()> {
+        if off == 0 || self.heap.owner_word(off).ok() != Some(word) {
+            self.clear_journal();
+            return Ok(());
+        }
+        self.heap.adopt_if(off, word)?;
+        self.clear_journal();
+        // Ours now, named by nothing: if we die before this, reclaim_dead frees it.
+        self.heap.free(off)
     }
 
     /// Links a new entry (a block we own, fully written) at bucket `i`.
@@ -398,17 +480,13 @@ impl<'h> Locked<'h> {
     /// Heap errors (the block is then still ours).
     pub fn link(&mut self, i: usize, e: &Entry) -> Result<()> {
         let (t, _) = self.table()?;
-        self.journal(J_LINK, e.off, 0);
-        if let Err(err) = self.heap.publish(e.off) {
-            self.clear_journal();
-            return Err(err);
-        }
+        self.publish_journalled(e.off, J_LINK, [e.off, 0, 0, 0, 0], 1)?;
         let prev = Self::get(t, i);
         Self::set(t, i, bucket_word(e.off, e.head.hash));
         let g = &mut *self.guard;
-        g.live += 1;
+        g.live = g.live.saturating_add(1);
         if prev == EMPTY {
-            g.used += 1;
+            g.used = g.used.saturating_add(1);
         }
         g.generation += 1;
         self.clear_journal();
@@ -422,17 +500,18 @@ impl<'h> Locked<'h> {
     ///
     /// Heap and corruption errors (the journal then finishes the job later).
     pub fn unlink_free(&mut self, i: Option<usize>, e: &Entry) -> Result<()> {
-        self.journal(J_UNLINK, e.off, 0);
+        let word = self.published_word(e.off, "directory entry")?;
+        self.journal(J_UNLINK, [e.off, word, 0, 0, 0]);
         match i {
             Some(i) => {
                 let (t, _) = self.table()?;
                 Self::set(t, i, TOMB);
-                self.guard.live -= 1;
+                self.guard.live = self.guard.live.saturating_sub(1);
             }
             None => self.unlist(e.off)?,
         }
         self.guard.generation += 1;
-        self.free_entry(e.off)
+        self.free_entry(e.off, word)
     }
 
     /// Moves a held entry from bucket `i` to the removed list.
@@ -441,10 +520,10 @@ impl<'h> Locked<'h> {
     ///
     /// Corruption errors (the journal then finishes the job later).
     pub fn move_to_removed(&mut self, i: usize, e: &mut Entry) -> Result<()> {
-        self.journal(J_REMOVE, e.off, 0);
+        self.journal(J_REMOVE, [e.off, 0, 0, 0, 0]);
         let (t, _) = self.table()?;
         Self::set(t, i, TOMB);
-        self.guard.live -= 1;
+        self.guard.live = self.guard.live.saturating_sub(1);
         self.push_removed(e)?;
         self.guard.generation += 1;
         self.clear_journal();
@@ -466,11 +545,10 @@ impl<'h> Locked<'h> {
     /// [`Error::Corrupt`] for a damaged entry or a cycle.
     pub fn removed(&self) -> Result<Vec<(Entry, u64)>> {
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let (mut prev, mut cur) = (0, self.guard.removed);
-        let mut steps = 0;
         while cur != 0 {
-            steps += 1;
-            if steps > MAX_WALK {
+            if !seen.insert(cur) || seen.len() as u64 > MAX_WALK {
                 return Err(Error::corrupt("directory removed list", "cycle"));
             }
             let e = entry::read(self.heap, cur)?;
@@ -482,9 +560,6 @@ impl<'h> Locked<'h> {
             }
             let next = e.head.next_removed;
             out.push((e, prev));
-            if out.iter().any(|(x, _)| x.off == next) {
-                return Err(Error::corrupt("directory removed list", "cycle"));
-            }
             prev = cur;
             cur = next;
         }
@@ -508,29 +583,31 @@ impl<'h> Locked<'h> {
         Ok(())
     }
 
-    /// Frees an unreachable entry block (journal set by the caller): first its
-    /// holder block, then itself.
-    fn free_entry(&mut self, off: u64) -> Result<()> {
-        if self.heap.state(off)? != BlockState::Shared {
-            // Already adopted (by us, before dying): the heap reclaims it.
+    /// Frees an unreachable entry block published as `word` (journal set by the
+    /// caller): first its holder block, then itself.
+    fn free_entry(&mut self, off: u64, word: u64) -> Result<()> {
+        if self.heap.owner_word(off).ok() != Some(word) {
+            // Not ours any more (a dead process adopted it: the heap reclaims it).
             self.clear_journal();
             return Ok(());
         }
         if let Ok(mut e) = entry::read(self.heap, off) {
-            let more = e.head.more;
+            let (more, more_word) = (e.head.more, e.head.more_word);
             if more != 0 {
-                if self.heap.state(more).ok() == Some(BlockState::Shared) {
-                    self.heap.adopt(more)?;
-                    e.head.more = 0;
-                    entry::write_head(self.heap, &e)?;
+                let ours = self.heap.owner_word(more).ok() == Some(more_word);
+                if ours {
+                    self.heap.adopt_if(more, more_word)?;
+                }
+                // Forget it before freeing it: a later look must not find it.
+                e.head.more = 0;
+                e.head.more_word = 0;
+                entry::write_head(self.heap, &e)?;
+                if ours {
                     self.heap.free(more)?;
-                } else {
-                    e.head.more = 0;
-                    entry::write_head(self.heap, &e)?;
                 }
             }
         }
-        self.release(off)
+        self.release(off, word)
     }
 
     /// Sets entry state READY (the creator, after building the object).
@@ -540,6 +617,11 @@ impl<'h> Locked<'h> {
     /// [`Error::Corrupt`] if the entry is no longer the one we created.
     pub fn mark_ready(&mut self, off: u64, me: OwnerTag) -> Result<()> {
         let mut e = entry::read(self.heap, off)?;
+        if e.head.state == REMOVED && e.head.creator == me.bits() {
+            // Removed while we built it: the name is gone, our handle keeps the
+            // object until dropped (it is on the removed list, held by us).
+            return Ok(());
+        }
         if e.head.state != CREATING || e.head.creator != me.bits() {
             return Err(Error::corrupt(
                 "directory entry",
@@ -600,9 +682,15 @@ impl<'h> Locked<'h> {
                 .as_ptr()
                 .write_bytes(0, (n * 8) as usize)
         };
-        self.journal(J_MORE, e.off, blk);
-        self.heap.publish(blk)?;
+        let word = match self.publish_journalled(blk, J_MORE, [e.off, blk, 0, 0, 0], 2) {
+            Ok(w) => w,
+            Err(err) => {
+                let _ = self.heap.free(blk);
+                return Err(err);
+            }
+        };
         e.head.more = blk;
+        e.head.more_word = word;
         entry::write_head(self.heap, e)?;
         self.clear_journal();
         Ok(())
@@ -734,16 +822,19 @@ impl<'h> Locked<'h> {
             J_LINK => {
                 // Linked: done. Not linked: a published orphan, ours to free.
                 if self.find_linked(r.j_a)?.is_none() {
-                    self.free_entry(r.j_a)?;
+                    self.free_entry(r.j_a, r.j_b)?;
                 }
             }
             J_UNLINK => {
-                if let Some(i) = self.find_linked(r.j_a)? {
-                    let (t, _) = self.table()?;
-                    Self::set(t, i, TOMB);
+                if self.heap.owner_word(r.j_a).ok() == Some(r.j_b) {
+                    // Still ours, so still where it was: take it out, free it.
+                    if let Some(i) = self.find_linked(r.j_a)? {
+                        let (t, _) = self.table()?;
+                        Self::set(t, i, TOMB);
+                    }
+                    self.unlist(r.j_a)?;
                 }
-                self.unlist(r.j_a)?;
-                self.free_entry(r.j_a)?;
+                self.free_entry(r.j_a, r.j_b)?;
             }
             J_REMOVE => {
                 if let Some(i) = self.find_linked(r.j_a)? {
@@ -756,9 +847,29 @@ impl<'h> Locked<'h> {
                 }
             }
             J_TABLE => {
-                // Whichever table the root does not name is the garbage.
-                let garbage = if r.table == r.j_a { r.j_b } else { r.j_a };
-                self.release(garbage)?;
+                let (new, new_word, old, old_word, nb) = (r.j_a, r.j_b, r.j_c, r.j_d, r.j_e);
+                if r.table == new {
+                    // Switched: finish the root, then the old table is garbage.
+                    let g = &mut *self.guard;
+                    g.buckets = nb;
+                    g.magic = DIR_MAGIC;
+                    self.release(old, old_word)?;
+                } else {
+                    if old == 0 {
+                        // A first build that never switched: no directory yet.
+                        *self.guard = DirRoot {
+                            generation: r.generation + 1,
+                            j_op: r.j_op,
+                            j_a: r.j_a,
+                            j_b: r.j_b,
+                            j_c: r.j_c,
+                            j_d: r.j_d,
+                            j_e: r.j_e,
+                            ..DirRoot::new_zeroed()
+                        };
+                    }
+                    self.release(new, new_word)?;
+                }
             }
             J_MORE => {
                 let attached = entry::read(self.heap, r.j_a)
@@ -767,7 +878,7 @@ impl<'h> Locked<'h> {
                 if attached {
                     self.clear_journal();
                 } else {
-                    self.release(r.j_b)?;
+                    self.release(r.j_b, r.j_c)?;
                 }
             }
             op => {
@@ -809,7 +920,16 @@ fn root_lock(heap: &Heap) -> Result<&Mutex<DirRoot>> {
     }
 }
 
-/// Whether a CREATING entry's creator may still finish.
+/// Whether a CREATING entry's creator may still finish: a live process, or, for
+/// our own attachment, one of our threads still building it.
 pub fn creator_alive(seg: &Segment, e: &Entry) -> bool {
-    e.head.state == CREATING && seg.is_owner_alive(OwnerTag::from_word(e.head.creator))
+    if e.head.state != CREATING {
+        return false;
+    }
+    let creator = OwnerTag::from_word(e.head.creator);
+    if creator == seg.owner_tag() {
+        let local = seg.local().lock().unwrap_or_else(|e| e.into_inner());
+        return local.building.contains(&e.off);
+    }
+    seg.is_owner_alive(creator)
 }

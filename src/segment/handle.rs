@@ -935,9 +935,22 @@ impl Segment {
     /// Test support: drop the handle as if its process had been killed: liveness
     /// locks are released (as the kernel would), but the registry slot is not
     /// cleared and nothing is removed.
+    ///
+    /// # Panics
+    ///
+    /// If other clones of this attachment exist (inside a `Heap` or a `Shared`,
+    /// say): a guard borrowed from one of them could outlive the "death". Drop
+    /// them first, or use the `unsafe` [`simulate_crash_now`](Self::simulate_crash_now).
     #[doc(hidden)]
     pub fn simulate_crash(self) {
-        // SAFETY: we own the handle, so no guard borrows it.
+        assert_eq!(
+            StdArc::strong_count(&self.inner),
+            1,
+            "simulate_crash needs the only handle of its attachment (drop clones, heaps and \
+             object handles first, or use simulate_crash_now)"
+        );
+        // SAFETY: this is the only handle of the attachment and we own it, so no
+        // guard borrows it or any clone of it.
         unsafe { self.simulate_crash_now() };
     }
 

@@ -29,7 +29,14 @@ pub use options::{
 pub use owner::OwnerTag;
 pub use slot_info::{SlotInfo, SlotState};
 
-/// Process-local bookkeeping shared by the clones of one attachment: how many
-/// handles this attachment holds on each object of the directory, by the offset of
-/// its entry (the directory records one hold per attachment in the segment).
-pub(crate) type Local = std::collections::HashMap<u64, u64>;
+/// Process-local bookkeeping shared by the clones of one attachment, for the
+/// directory (which records one hold per attachment in the segment).
+#[derive(Debug, Default)]
+pub(crate) struct Local {
+    /// How many handles this attachment holds on each object, by the offset of
+    /// its entry.
+    pub holds: std::collections::HashMap<u64, u64>,
+    /// Entries this attachment is building right now: a `Creating` entry of ours
+    /// that is not here was left by a build that failed (it is reclaimable).
+    pub building: std::collections::HashSet<u64>,
+}
