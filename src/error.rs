@@ -119,7 +119,7 @@ pub enum Error {
         detail: String,
     },
     /// The segment did not become ready in time, and its creator may still be alive.
-    #[error("segment not ready after {waited:?} (state {state})")]
+    #[error("not ready after {waited:?} (state {state}): its live creator is still building it")]
     NotReady {
         /// The state word seen last.
         state: u32,

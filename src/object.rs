@@ -85,7 +85,11 @@ impl ObjectConfig for EventKind {
 /// its parameters as [`core::any::type_name`] spells them (`shmkit::Mutex<u64>`,
 /// `shmkit::Mutex<my_app::Quote>`): the same in every process built from the same
 /// source by the same compiler. Two programs that define "the same" struct under
-/// different paths are told apart (a [`Error::WrongType`], never a wrong view).
+/// different paths are told apart ([`Error::WrongType`]). What the identity cannot
+/// see is a field layout changed under the same path and size (a struct whose
+/// fields were reordered between two builds): such a view is memory-safe (every
+/// bit pattern of a [`ShmSafe`] type is valid) but its values are wrong, so change
+/// the type's name, or its size, when its layout changes.
 ///
 /// # Examples
 ///

@@ -1098,6 +1098,7 @@ fn child_main() {
     match role.as_str() {
         "racer" => racer_main(&seg, &eof),
         "die-creating" => die_creating_main(&seg),
+        "fork-with-handles" => fork_with_handles_main(seg),
         other => panic!("unknown child role {other:?}"),
     }
     say(common::DONE_MARKER);
@@ -1163,6 +1164,51 @@ fn die_creating_main(seg: &Segment) -> ! {
     panic!("the creator was not killed");
 }
 
+/// What the grandchild of `fork-with-handles` reports in "forked" (bits).
+const FORK_AFTER_FORK_OK: u64 = 1;
+const FORK_OLD_HANDLE_ACTS_FOR_NOBODY: u64 = 2;
+const FORK_NEW_HANDLE_LOCKS: u64 = 4;
+const FORK_OWN_SLOT: u64 = 8;
+
+/// Finds objects, forks with their handles alive, and in the grandchild calls
+/// `after_fork` (which must work although the handles still hold the inherited
+/// attachment), then checks the old handles act for nobody and new ones work.
+fn fork_with_handles_main(mut seg: Segment) -> ! {
+    let m = seg.find::<Mutex<u64>>("forked-mutex").unwrap();
+    let report = seg.find::<AtomicU64>("forked").unwrap();
+    let parent_slot = seg.slot();
+    // SAFETY: fork has no memory-safety preconditions; the grandchild runs on a
+    // copy of this thread only and relies on glibc's fork handlers for malloc.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut bits = 0;
+        if seg.after_fork().is_ok() {
+            bits |= FORK_AFTER_FORK_OK;
+        }
+        if matches!(m.lock(), Err(shmkit::Error::NotAttached)) {
+            bits |= FORK_OLD_HANDLE_ACTS_FOR_NOBODY;
+        }
+        if let Ok(m2) = seg.find::<Mutex<u64>>("forked-mutex") {
+            if let Ok(mut g) = m2.lock() {
+                *g += 1;
+                bits |= FORK_NEW_HANDLE_LOCKS;
+            }
+        }
+        if seg.slot() != parent_slot && seg.is_alive(parent_slot).unwrap_or(false) {
+            bits |= FORK_OWN_SLOT;
+        }
+        report.store(bits | 0x100, Ordering::Release);
+        // SAFETY: leave at once, running none of the inherited destructors.
+        unsafe { libc::_exit(0) };
+    }
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waiting for our own child, into a live local.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    say(format!("forked {}", report.load(Ordering::Acquire)));
+    std::process::exit(0);
+}
+
 /// A POSIX segment made for one test: the creator's handle, which removes it when
 /// dropped.
 fn posix_segment() -> (Segment, String) {
@@ -1191,6 +1237,31 @@ fn line(child: &LineChild, tag: &str) -> Vec<String> {
         Some(t) if t == tag => words.collect(),
         _ => panic!("child {} said {said:?}, expected {tag:?}", child.pid()),
     }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns processes")]
+fn after_fork_works_with_object_handles_alive_and_the_old_ones_act_for_nobody() {
+    let _dog = watchdog("after_fork_works_with_object_handles_alive_...");
+    let (seg, name) = posix_segment();
+    let m = seg.create::<Mutex<u64>>("forked-mutex", ()).unwrap();
+    let report = seg.create::<AtomicU64>("forked", ()).unwrap();
+    let child = spawn_child("fork-with-handles", &name);
+    let bits: u64 = line(&child, "forked")[0].parse().unwrap();
+    assert_eq!(
+        bits,
+        0x100
+            | FORK_AFTER_FORK_OK
+            | FORK_OLD_HANDLE_ACTS_FOR_NOBODY
+            | FORK_NEW_HANDLE_LOCKS
+            | FORK_OWN_SLOT,
+        "grandchild report {bits:#x}"
+    );
+    assert_eq!(report.load(Ordering::Acquire), bits);
+    assert_eq!(*m.lock().unwrap(), 1);
+    drop(child);
+    seg.reclaim_dead().unwrap();
+    assert!(seg.directory().verify().unwrap().is_clean());
 }
 
 #[test]

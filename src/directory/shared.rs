@@ -23,7 +23,7 @@ use crate::{Offset, Result};
 ///
 /// # Lifetime of the object
 ///
-/// Dropping a handle never frees the object: objects live until
+/// Dropping a handle frees nothing that was not removed: objects live until
 /// [`Directory::remove`](super::Directory::remove)d. The directory records which
 /// processes (attachments) hold handles, so a `remove` while others hold handles
 /// only takes the name away (it can be created anew at once); the memory is freed

@@ -29,8 +29,11 @@ use crate::segment::{names, proc};
 /// lifetime; only the first [`committed`](Segment::committed) bytes are backed and
 /// may be touched.
 ///
-/// Dropping a handle detaches it; dropping the handle that *created* a named segment
-/// also removes the name, unless [`persist`](Segment::persist) was called.
+/// Clones (`Clone`) share one attachment: one registry slot, one owner tag. Heaps
+/// and object handles ([`Shared`](crate::Shared)) keep a clone. Dropping the *last*
+/// clone detaches; if the attachment *created* a named segment, that also removes
+/// the name, unless [`persist`](Segment::persist) was called.
+/// [`try_clone`](Segment::try_clone) makes a second attachment instead.
 ///
 /// # Examples
 ///
@@ -678,6 +681,11 @@ impl Segment {
     /// any more) and its own registry slot. A no-op in the process that made the
     /// handle. The child never removes the segment on drop.
     ///
+    /// Other clones of the inherited attachment (heaps and object handles made
+    /// before the fork, or held by threads the child does not have) are left
+    /// acting for nobody: their lock calls say `NotAttached`. Find the objects
+    /// again through this handle after the call.
+    ///
     /// # Errors
     ///
     /// [`Error::RegistryFull`], [`Error::Os`].
@@ -703,10 +711,7 @@ impl Segment {
             ));
         }
         if StdArc::strong_count(&self.inner) != 1 {
-            return Err(Error::InvalidArgument(
-                "after_fork needs the only handle of this attachment: drop the clones and \
-                 object handles inherited across fork first (they act for nobody)",
-            ));
+            return self.after_fork_shared();
         }
         let inner = self.inner_mut();
         let store = inner.store.duplicate()?;
@@ -734,6 +739,42 @@ impl Segment {
         let inner = self.inner_mut();
         inner.pid = proc::self_pid();
         inner.fork_gen = crate::segment::os::fork::generation();
+        Ok(())
+    }
+
+    /// `after_fork` while other clones of the inherited attachment exist (heaps and
+    /// object handles made before the fork, or held by threads that do not exist
+    /// in the child): they keep the inherited attachment, acting for nobody; this
+    /// handle gets a new one.
+    #[cold]
+    fn after_fork_shared(&mut self) -> Result<()> {
+        let old = &self.inner;
+        let store = old.store.duplicate()?;
+        if let Store::Fd(f) = &store {
+            fd::remap_in_place(f.as_fd(), &old.map)?;
+        }
+        // The inherited descriptor would keep the parent's open file description
+        // (its liveness locks) alive for as long as a stale clone lives here.
+        old.store.disown()?;
+        let mut seg = Segment {
+            inner: StdArc::new(Inner {
+                map: old.map.clone(),
+                store,
+                spec: old.spec.clone(),
+                ident: old.ident,
+                fields: old.fields,
+                slot: u32::MAX,
+                incarnation: 0,
+                pid: proc::self_pid(),
+                created: false,
+                persist: crate::loom::AtomicU32::new(1),
+                crashed: crate::loom::AtomicU32::new(0),
+                fork_gen: crate::segment::os::fork::generation(),
+                local: std::sync::Mutex::new(crate::segment::Local::default()),
+            }),
+        };
+        seg.claim_slot()?;
+        *self = seg;
         Ok(())
     }
 
@@ -910,7 +951,10 @@ impl Segment {
         Ok(())
     }
 
-    /// Detaches explicitly (as drop does), reporting whether the slot was still ours.
+    /// Detaches explicitly (as dropping the last clone does), reporting whether the
+    /// slot was released by this call: `false` if it was no longer ours, or if other
+    /// clones of this attachment (in heaps, object handles) still hold it, which
+    /// then detach when the last of them is dropped.
     ///
     /// # Examples
     ///

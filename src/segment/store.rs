@@ -87,6 +87,16 @@ impl Store {
         })
     }
 
+    /// Lets go of an inherited descriptor that other handles still own (see
+    /// [`fd::disown`]).
+    pub(crate) fn disown(&self) -> Result<()> {
+        match self {
+            Store::Fd(f) => fd::disown(f.as_fd()),
+            Store::SysV { lock, .. } => fd::disown(lock.as_fd()),
+            Store::Heap { .. } => Ok(()),
+        }
+    }
+
     /// Releases this handle's locks without detaching anything: what the kernel does
     /// when a process dies (test support for heap-backed segments).
     pub(crate) fn release_like_exit(&self, slot: u32) {

@@ -230,6 +230,31 @@ pub(crate) fn unlink(path: &Path, what: &str) -> Result<()> {
 }
 
 /// A new open file description for the same object (for a new handle's locks).
+/// Points the descriptor number `fd` at `/dev/null`: the number stays valid (its
+/// owner closes it as usual) but no longer refers to the object's open file
+/// description, so it holds none of that description's OFD locks alive. For a
+/// handle inherited across `fork` that the child cannot drop.
+pub(crate) fn disown(fd: BorrowedFd<'_>) -> Result<()> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let null = fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(Error::at("open /dev/null"))?;
+    let null = null.into_raw_fd();
+    // SAFETY: dup3 only changes what the number `fd` (owned by a live OwnedFd,
+    // which keeps ownership of the number) refers to; `null` is ours and closed
+    // right after.
+    let r = unsafe { libc::dup3(null, fd.as_raw_fd(), libc::O_CLOEXEC) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `null` is a descriptor we opened and nothing else owns.
+    unsafe { libc::close(null) };
+    if r < 0 {
+        return Err(Error::os(
+            "dup3",
+            Errno::from_io_error(&err).unwrap_or(Errno::IO),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
