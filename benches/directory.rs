@@ -5,6 +5,7 @@
 //!
 //! `cargo bench --bench directory`. The racing process is this binary re-executed
 //! with `SHMKIT_BENCH_RACER=<segment name>`.
+#![allow(clippy::disallowed_types)] // std atomics are the objects benchmarked here
 
 use std::hint::black_box;
 use std::process::{Child, Command};
