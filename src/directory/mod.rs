@@ -51,6 +51,7 @@
 #![allow(unsafe_code)]
 
 mod entry;
+pub(crate) mod inspect;
 mod locks;
 pub(crate) mod protocol;
 mod shared;

@@ -10,6 +10,14 @@ use crate::alloc::{BlockState, CLASSES, Heap, MAX_ALLOC, MAX_SMALL};
 use crate::loom::Ordering;
 use crate::{Error, Offset, OwnerTag, PAGE_SIZE, Result, Segment, SegmentOptions, Tagged};
 
+// The directory is not built under loom (it has its own model there).
+#[cfg(not(loom))]
+mod directory;
+#[cfg(not(loom))]
+pub use directory::{
+    DIR_HEAP, directory_corrupt, directory_journal_names_a_held_entry, directory_root_counter,
+};
+
 /// Largest image a fuzz case maps (keeps runs fast; larger inputs are truncated).
 pub const MAX_IMAGE: usize = 1 << 20;
 
