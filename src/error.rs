@@ -238,6 +238,11 @@ pub enum Error {
         /// Reader entries in the lock.
         entries: usize,
     },
+    /// Test support (`testkit`): the caller "died" at an armed crash point.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    #[error("simulated crash (test support)")]
+    SimulatedCrash,
     /// An internal lock stayed held by a live process past shmkit's wait bound
     /// (a peer stopped, or stuck, while holding it).
     #[error("{what} stayed held by a live process for {waited:?}")]

@@ -89,6 +89,13 @@ mod error;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod fuzzing;
+/// Test support outside semver (`testkit` feature): simulated deaths inside
+/// directory changes.
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testkit {
+    pub use crate::directory::crash::{arm, died, disarm};
+}
 mod layout;
 // The one door for atomics, UnsafeCell and futexes; public only to loom models.
 #[cfg(loom)]

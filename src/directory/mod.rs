@@ -50,6 +50,7 @@
 //! [`Error::LockTimeout`] instead of waiting forever.
 #![allow(unsafe_code)]
 
+pub(crate) mod crash;
 mod entry;
 pub(crate) mod inspect;
 mod locks;
@@ -390,7 +391,9 @@ impl<'s> Directory<'s> {
     ///
     /// # Errors
     ///
-    /// [`Error::LockTimeout`]; a damaged table root is a violation, not an error.
+    /// [`Error::LockTimeout`]; [`Error::Corrupt`] if a journal left by a dead
+    /// process cannot be finished (a damaged table root is a violation, not an
+    /// error).
     ///
     /// # Examples
     ///
@@ -424,11 +427,12 @@ impl<'s> Directory<'s> {
                 }
             }
         }
-        if d.built().unwrap_or(false) && d.root().live != rep.entries {
+        if d.built().unwrap_or(false) && d.root().live != entries.len() as u64 {
             rep.violations.push(format!(
-                "root counts {} entries, the table holds {}",
+                "root counts {} entries, the table holds {} ({} readable)",
                 d.root().live,
-                entries.len()
+                entries.len(),
+                rep.entries
             ));
         }
         match d.removed() {
@@ -675,7 +679,7 @@ fn create_entry<T: ShmObject>(
         d.link(i, &e)
     })();
     if let Err(err) = written {
-        let _ = d.heap.free(off); // still ours (link publishes only on success)
+        d.discard(off); // freed only if link never published it
         return Err(err);
     }
     let mut local = d.seg.local().lock().unwrap_or_else(|e| e.into_inner());
@@ -693,6 +697,9 @@ struct Unbuilt<'a> {
 
 impl Drop for Unbuilt<'_> {
     fn drop(&mut self) {
+        if crash::dead() {
+            return; // a dead process cleans nothing up
+        }
         let mut local = self.seg.local().lock().unwrap_or_else(|e| e.into_inner());
         local.holds.remove(&self.off);
         local.building.remove(&self.off);
@@ -725,6 +732,7 @@ fn build<T: ShmObject>(
     init: impl FnOnce(&T),
 ) -> Result<Shared<T>> {
     let guard = Unbuilt { seg, heap, off };
+    crash::point()?;
     let e = entry::read(heap, off)?;
     let ptr = heap.ptr(e.head.obj)?.cast::<T>();
     // SAFETY: our own Creating entry: nobody else touches its object until it is
@@ -733,6 +741,7 @@ fn build<T: ShmObject>(
     unsafe { T::init(ptr, &config) };
     // SAFETY: built just now; stays allocated while we hold the entry.
     init(unsafe { ptr.as_ref() });
+    crash::point()?;
     let mut d = Locked::lock(heap)?;
     d.mark_ready(off, seg.owner_tag())?;
     seg.local()

@@ -220,6 +220,9 @@ impl<T: ShmObject> Clone for Shared<T> {
 
 impl<T: ShmObject> Drop for Shared<T> {
     fn drop(&mut self) {
+        if super::crash::dead() {
+            return; // a dead process releases nothing
+        }
         // An error leaves our hold recorded: the object then lives until this
         // attachment ends (its hold is a dead one's from then on), never less.
         let _ = self.release_hold();

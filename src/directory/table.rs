@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use super::crash;
 use super::entry::{self, CREATING, Entry, INLINE_HOLDERS, READY, REMOVED};
 use crate::alloc::{BlockState, Heap};
 use crate::segment::Segment;
@@ -107,7 +108,17 @@ fn bucket_word(off: u64, hash: u64) -> u64 {
 pub struct Locked<'h> {
     pub(super) heap: &'h Heap,
     pub(super) seg: &'h Segment,
-    guard: MutexGuard<'h, DirRoot>,
+    guard: std::mem::ManuallyDrop<MutexGuard<'h, DirRoot>>,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if super::crash::dead() {
+            return; // a dead process unlocks nothing
+        }
+        // SAFETY: dropped once, here; the guard is not used afterwards.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.guard) };
+    }
 }
 
 /// What a probe for a name found.
@@ -155,7 +166,11 @@ impl<'h> Locked<'h> {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut d = Locked { heap, seg, guard };
+        let mut d = Locked {
+            heap,
+            seg,
+            guard: std::mem::ManuallyDrop::new(guard),
+        };
         if d.guard.j_op != 0 {
             d.recover()?;
         }
@@ -164,7 +179,7 @@ impl<'h> Locked<'h> {
 
     /// The root, as the lock holder sees it.
     pub fn root(&self) -> DirRoot {
-        *self.guard
+        **self.guard
     }
 
     /// Whether the directory was ever built.
@@ -173,7 +188,7 @@ impl<'h> Locked<'h> {
     ///
     /// [`Error::Corrupt`] for a root that is neither built nor empty.
     pub fn built(&self) -> Result<bool> {
-        let r = *self.guard;
+        let r = **self.guard;
         match r.magic {
             DIR_MAGIC => Ok(true),
             0 if r.table == 0 && r.removed == 0 => Ok(false),
@@ -195,22 +210,25 @@ impl<'h> Locked<'h> {
         }
         let t = self.new_table(MIN_BUCKETS)?;
         if let Err(e) = self.publish_journalled(t, J_TABLE, [t, 0, 0, 0, MIN_BUCKETS], 1) {
-            let _ = self.heap.free(t);
+            self.discard(t);
             return Err(e);
         }
-        let g = &mut *self.guard;
+        crash::point()?;
+        let g = &mut **self.guard;
         g.live = 0;
         g.used = 0;
         g.buckets = MIN_BUCKETS;
         g.table = t;
+        crash::point()?;
+        let g = &mut **self.guard;
         g.magic = DIR_MAGIC;
-        g.generation += 1;
+        g.generation = g.generation.wrapping_add(1);
         self.clear_journal();
         Ok(())
     }
 
     fn journal(&mut self, op: u64, args: [u64; 5]) {
-        let g = &mut *self.guard;
+        let g = &mut **self.guard;
         [g.j_a, g.j_b, g.j_c, g.j_d, g.j_e] = args;
         g.j_op = op;
         // The journal is complete in memory before any step it covers: a process
@@ -223,7 +241,7 @@ impl<'h> Locked<'h> {
     fn clear_journal(&mut self) {
         // Every step the journal covered is done before it is forgotten.
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
-        let g = &mut *self.guard;
+        let g = &mut **self.guard;
         g.j_op = 0;
         [g.j_a, g.j_b, g.j_c, g.j_d, g.j_e] = [0; 5];
     }
@@ -251,6 +269,7 @@ impl<'h> Locked<'h> {
         let stamp = self.stamp();
         args[word_at] = crate::alloc::shared_stamped(stamp);
         self.journal(op, args);
+        crash::point()?;
         match self.heap.publish_stamped(off, stamp) {
             Ok(w) => Ok(w),
             Err(e) => {
@@ -258,6 +277,18 @@ impl<'h> Locked<'h> {
                 self.clear_journal();
                 Err(e)
             }
+        }
+    }
+
+    /// Frees a block of ours that a failed change never published (a published
+    /// one is the journal's to finish). A dead process frees nothing.
+    pub(super) fn discard(&self, off: u64) {
+        if crash::dead() {
+            return;
+        }
+        let me = self.seg.owner_tag();
+        if self.heap.state(off).ok() == Some(BlockState::Owned(me)) {
+            let _ = self.heap.free(off);
         }
     }
 
@@ -278,7 +309,7 @@ impl<'h> Locked<'h> {
 
     /// The table, checked: its words, their number, and its block's offset.
     fn table_at(&self) -> Result<(NonNull<u64>, u64, u64)> {
-        let r = *self.guard;
+        let r = **self.guard;
         let (t, b) = (r.table, r.buckets);
         if !b.is_power_of_two() || !(MIN_BUCKETS..=MAX_BUCKETS).contains(&b) || t % 8 != 0 {
             return Err(Error::corrupt(
@@ -361,7 +392,7 @@ impl<'h> Locked<'h> {
     ///
     /// Heap errors; [`Error::OutOfMemory`] past the largest table.
     pub fn make_room(&mut self) -> Result<bool> {
-        let r = *self.guard;
+        let r = **self.guard;
         let (_, buckets) = self.table()?;
         let (live, used) = (r.live.min(buckets), r.used.min(buckets));
         if used.saturating_add(1).saturating_mul(4) <= buckets.saturating_mul(3) {
@@ -433,15 +464,20 @@ impl<'h> Locked<'h> {
         }
         let old_word = self.published_word(old_off, "directory table")?;
         if let Err(e) = self.publish_journalled(new, J_TABLE, [new, 0, old_off, old_word, nb], 1) {
-            let _ = self.heap.free(new);
+            self.discard(new);
             return Err(e);
         }
-        let g = &mut *self.guard;
-        g.buckets = nb;
+        crash::point()?;
+        // The table word is the commit point; recovery (which runs before anyone
+        // reads the table again) sets the bucket count that goes with it.
+        let g = &mut **self.guard;
         g.table = new;
+        crash::point()?;
+        let g = &mut **self.guard;
+        g.buckets = nb;
         g.live = live;
         g.used = live;
-        g.generation += 1;
+        g.generation = g.generation.wrapping_add(1);
         self.release(old_off, old_word)
     }
 
@@ -467,8 +503,11 @@ impl<'h> Locked<'h> {
             self.clear_journal();
             return Ok(());
         }
+        crash::point()?;
         self.heap.adopt_if(off, word)?;
+        crash::point()?;
         self.clear_journal();
+        crash::point()?;
         // Ours now, named by nothing: if we die before this, reclaim_dead frees it.
         self.heap.free(off)
     }
@@ -481,14 +520,16 @@ impl<'h> Locked<'h> {
     pub fn link(&mut self, i: usize, e: &Entry) -> Result<()> {
         let (t, _) = self.table()?;
         self.publish_journalled(e.off, J_LINK, [e.off, 0, 0, 0, 0], 1)?;
+        crash::point()?;
         let prev = Self::get(t, i);
         Self::set(t, i, bucket_word(e.off, e.head.hash));
-        let g = &mut *self.guard;
+        crash::point()?;
+        let g = &mut **self.guard;
         g.live = g.live.saturating_add(1);
         if prev == EMPTY {
             g.used = g.used.saturating_add(1);
         }
-        g.generation += 1;
+        g.generation = g.generation.wrapping_add(1);
         self.clear_journal();
         Ok(())
     }
@@ -502,6 +543,7 @@ impl<'h> Locked<'h> {
     pub fn unlink_free(&mut self, i: Option<usize>, e: &Entry) -> Result<()> {
         let word = self.published_word(e.off, "directory entry")?;
         self.journal(J_UNLINK, [e.off, word, 0, 0, 0]);
+        crash::point()?;
         match i {
             Some(i) => {
                 let (t, _) = self.table()?;
@@ -510,7 +552,8 @@ impl<'h> Locked<'h> {
             }
             None => self.unlist(e.off)?,
         }
-        self.guard.generation += 1;
+        self.guard.generation = self.guard.generation.wrapping_add(1);
+        crash::point()?;
         self.free_entry(e.off, word)
     }
 
@@ -521,11 +564,13 @@ impl<'h> Locked<'h> {
     /// Corruption errors (the journal then finishes the job later).
     pub fn move_to_removed(&mut self, i: usize, e: &mut Entry) -> Result<()> {
         self.journal(J_REMOVE, [e.off, 0, 0, 0, 0]);
+        crash::point()?;
         let (t, _) = self.table()?;
         Self::set(t, i, TOMB);
+        crash::point()?;
         self.guard.live = self.guard.live.saturating_sub(1);
         self.push_removed(e)?;
-        self.guard.generation += 1;
+        self.guard.generation = self.guard.generation.wrapping_add(1);
         self.clear_journal();
         Ok(())
     }
@@ -534,7 +579,9 @@ impl<'h> Locked<'h> {
         e.head.state = REMOVED;
         e.head.next_removed = self.guard.removed;
         entry::write_head(self.heap, e)?;
+        crash::point()?;
         self.guard.removed = e.off;
+        crash::point()?;
         Ok(())
     }
 
@@ -597,13 +644,16 @@ impl<'h> Locked<'h> {
                 let ours = self.heap.owner_word(more).ok() == Some(more_word);
                 if ours {
                     self.heap.adopt_if(more, more_word)?;
+                    crash::point()?;
                 }
                 // Forget it before freeing it: a later look must not find it.
                 e.head.more = 0;
                 e.head.more_word = 0;
                 entry::write_head(self.heap, &e)?;
+                crash::point()?;
                 if ours {
                     self.heap.free(more)?;
+                    crash::point()?;
                 }
             }
         }
@@ -631,9 +681,10 @@ impl<'h> Locked<'h> {
                 ),
             ));
         }
+        crash::point()?;
         e.head.state = READY;
         entry::write_head(self.heap, &e)?;
-        self.guard.generation += 1;
+        self.guard.generation = self.guard.generation.wrapping_add(1);
         Ok(())
     }
 
@@ -647,6 +698,7 @@ impl<'h> Locked<'h> {
         if e.head.holders.contains(&t) {
             return Ok(());
         }
+        crash::point()?;
         if let Some(h) = e.head.holders.iter_mut().find(|h| **h == 0) {
             *h = t;
             return entry::write_head(self.heap, e);
@@ -685,13 +737,15 @@ impl<'h> Locked<'h> {
         let word = match self.publish_journalled(blk, J_MORE, [e.off, blk, 0, 0, 0], 2) {
             Ok(w) => w,
             Err(err) => {
-                let _ = self.heap.free(blk);
+                self.discard(blk);
                 return Err(err);
             }
         };
+        crash::point()?;
         e.head.more = blk;
         e.head.more_word = word;
         entry::write_head(self.heap, e)?;
+        crash::point()?;
         self.clear_journal();
         Ok(())
     }
@@ -721,6 +775,7 @@ impl<'h> Locked<'h> {
     ///
     /// Corruption errors.
     pub fn remove_holder(&mut self, e: &mut Entry, me: OwnerTag) -> Result<()> {
+        crash::point()?;
         let t = me.bits();
         if let Some(h) = e.head.holders.iter_mut().find(|h| **h == t) {
             *h = 0;
@@ -817,7 +872,7 @@ impl<'h> Locked<'h> {
     /// [`Error::Corrupt`] if the structure cannot be made whole; the journal is
     /// then kept for the next try.
     pub fn recover(&mut self) -> Result<()> {
-        let r = *self.guard;
+        let r = **self.guard;
         match r.j_op {
             J_LINK => {
                 // Linked: done. Not linked: a published orphan, ours to free.
@@ -850,15 +905,15 @@ impl<'h> Locked<'h> {
                 let (new, new_word, old, old_word, nb) = (r.j_a, r.j_b, r.j_c, r.j_d, r.j_e);
                 if r.table == new {
                     // Switched: finish the root, then the old table is garbage.
-                    let g = &mut *self.guard;
+                    let g = &mut **self.guard;
                     g.buckets = nb;
                     g.magic = DIR_MAGIC;
                     self.release(old, old_word)?;
                 } else {
                     if old == 0 {
                         // A first build that never switched: no directory yet.
-                        *self.guard = DirRoot {
-                            generation: r.generation + 1,
+                        **self.guard = DirRoot {
+                            generation: r.generation.wrapping_add(1),
                             j_op: r.j_op,
                             j_a: r.j_a,
                             j_b: r.j_b,
@@ -891,10 +946,10 @@ impl<'h> Locked<'h> {
         self.clear_journal();
         if self.built()? {
             let (live, used) = self.count()?;
-            let g = &mut *self.guard;
+            let g = &mut **self.guard;
             g.live = live;
             g.used = used;
-            g.generation += 1;
+            g.generation = g.generation.wrapping_add(1);
         }
         Ok(())
     }
