@@ -41,13 +41,15 @@ use super::seg_mem::SegMem;
 /// # Examples
 ///
 /// ```
-/// use shmkit::{SegmentOptions, alloc::Heap};
+/// use shmkit::{SegmentOptions, alloc::{Heap, ShmString, ShmVec}};
 /// let seg = SegmentOptions::heap().max_size(16 << 20).create()?;
 /// let heap = Heap::attach(&seg)?;
-/// let off = heap.alloc(100, 8)?;
-/// // SAFETY: we own the block and its 100 bytes.
-/// unsafe { heap.ptr(off)?.as_ptr().write_bytes(7, 100) };
+/// let mut v = ShmVec::<u64>::new(&heap)?;   // typed blocks: no raw memory
+/// v.push(7)?;
+/// let s = ShmString::from_str(&heap, "hello")?;
+/// let off = heap.alloc(100, 8)?;             // raw blocks: offsets (see `ptr`)
 /// heap.free(off)?;
+/// drop((v, s));
 /// assert!(heap.verify().is_clean());
 /// # Ok::<(), shmkit::Error>(())
 /// ```

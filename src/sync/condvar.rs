@@ -25,14 +25,10 @@ const SLICE: Duration = Duration::from_millis(100);
 /// # Examples
 ///
 /// ```
-/// use shmkit::{Offset, SegmentOptions, sync::{Condvar, Mutex}};
+/// use shmkit::{SegmentOptions, sync::{Condvar, Mutex}};
 /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-/// let base = seg.user_offset();
-/// // SAFETY: nobody else uses these offsets yet.
-/// let (m, cv) = unsafe {
-///     (seg.place(Offset::<Mutex<u8>>::new(base), Mutex::new(0))?,
-///      seg.place(Offset::<Condvar>::new(base + 64), Condvar::new())?)
-/// };
+/// let (hm, hc) = (seg.find_or_create::<Mutex<u8>>("m", ())?, seg.find_or_create::<Condvar>("cv", ())?);
+/// let (m, cv) = (hm.raw(), hc.raw()); // the low-level calls, which take the context
 /// let peer = seg.try_clone()?;
 /// std::thread::scope(|s| {
 ///     s.spawn(|| {
@@ -163,14 +159,10 @@ impl Condvar {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmkit::{Offset, SegmentOptions, sync::{Condvar, Mutex}};
+    /// use shmkit::{SegmentOptions, sync::{Condvar, Mutex}};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-    /// let base = seg.user_offset();
-    /// // SAFETY: nobody else uses these offsets yet.
-    /// let (m, cv) = unsafe {
-    ///     (seg.place(Offset::<Mutex<u8>>::new(base), Mutex::new(0))?,
-    ///      seg.place(Offset::<Condvar>::new(base + 64), Condvar::new())?)
-    /// };
+    /// let (hm, hc) = (seg.find_or_create::<Mutex<u8>>("m", ())?, seg.find_or_create::<Condvar>("cv", ())?);
+    /// let (m, cv) = (hm.raw(), hc.raw()); // the low-level calls, which take the context
     /// let (_g, r) = cv.wait_for(m.lock(&seg).unwrap(), &seg, Duration::from_millis(5)).unwrap();
     /// assert!(r.timed_out());
     /// # Ok::<(), shmkit::Error>(())

@@ -80,12 +80,11 @@ const LIVENESS_SLICE: Duration = Duration::from_millis(2);
 /// # Examples
 ///
 /// ```
-/// use shmkit::{Offset, SegmentOptions, sync::Mutex};
+/// use shmkit::{SegmentOptions, sync::Mutex};
 ///
 /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-/// let at = Offset::<Mutex<u64>>::new(seg.user_offset());
-/// // SAFETY: nobody else uses this offset yet.
-/// let m = unsafe { seg.place(at, Mutex::new(0)) }?;
+/// let h = seg.find_or_create::<Mutex<u64>>("m", ())?;
+/// let m = h.raw(); // the low-level calls, which take the context
 /// *m.lock(&seg).unwrap() += 1;
 /// assert_eq!(*m.lock(&seg).unwrap(), 1);
 /// # Ok::<(), shmkit::Error>(())
@@ -272,11 +271,11 @@ impl<T> Mutex<T> {
     /// # Examples
     ///
     /// ```
-    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, Mutex}};
+    /// use shmkit::{SegmentOptions, sync::{LockError, Mutex}};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
     /// let peer = seg.try_clone()?;
-    /// // SAFETY: nobody else uses this offset yet.
-    /// let m = unsafe { seg.place(Offset::<Mutex<u32>>::new(seg.user_offset()), Mutex::new(0)) }?;
+    /// let h = seg.find_or_create::<Mutex<u32>>("m", ())?;
+    /// let m = h.raw(); // the low-level calls, which take the context
     /// let held = m.lock(&seg).unwrap();
     /// assert!(matches!(m.try_lock(&peer), Err(LockError::WouldBlock)));
     /// drop(held);
@@ -297,11 +296,11 @@ impl<T> Mutex<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, Mutex}};
+    /// use shmkit::{SegmentOptions, sync::{LockError, Mutex}};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
     /// let peer = seg.try_clone()?;
-    /// // SAFETY: nobody else uses this offset yet.
-    /// let m = unsafe { seg.place(Offset::<Mutex<u32>>::new(seg.user_offset()), Mutex::new(0)) }?;
+    /// let h = seg.find_or_create::<Mutex<u32>>("m", ())?;
+    /// let m = h.raw(); // the low-level calls, which take the context
     /// let _held = m.lock(&seg).unwrap();
     /// let r = m.lock_for(&peer, Duration::from_millis(10));
     /// assert!(matches!(r, Err(LockError::TimedOut)));
@@ -494,11 +493,11 @@ impl<'a, T> MutexGuard<'a, T> {
     /// # Examples
     ///
     /// ```
-    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, Mutex}};
+    /// use shmkit::{SegmentOptions, sync::{LockError, Mutex}};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
     /// let peer = seg.try_clone()?;
-    /// // SAFETY: nobody else uses this offset yet.
-    /// let m = unsafe { seg.place(Offset::<Mutex<u32>>::new(seg.user_offset()), Mutex::new(0)) }?;
+    /// let h = seg.find_or_create::<Mutex<u32>>("m", ())?;
+    /// let m = h.raw(); // the low-level calls, which take the context
     /// std::mem::forget(m.lock(&peer).unwrap()); // the holder...
     /// peer.simulate_crash();                     // ...dies holding it
     /// let mut g = m.lock(&seg).unwrap_err().into_owner_died().unwrap();

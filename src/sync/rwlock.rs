@@ -64,10 +64,11 @@ const SLICE: Duration = Duration::from_millis(2);
 /// # Examples
 ///
 /// ```
-/// use shmkit::{Offset, SegmentOptions, sync::RwLock};
+/// use shmkit::{SegmentOptions, sync::RwLock};
 /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-/// // SAFETY: nobody else uses this offset yet.
-/// let l = unsafe { seg.place(Offset::<RwLock<u64>>::new(seg.user_offset()), RwLock::new(7)) }?;
+/// let h = seg.find_or_create::<RwLock<u64>>("l", ())?;
+/// let l = h.raw(); // the low-level calls, which take the context
+/// *l.write(&seg).unwrap() = 7;
 /// let peer = seg.try_clone()?;
 /// {
 ///     let a = l.read(&seg).unwrap();
@@ -203,10 +204,10 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// # Examples
     ///
     /// ```
-    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, RwLock}};
+    /// use shmkit::{SegmentOptions, sync::{LockError, RwLock}};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-    /// // SAFETY: nobody else uses this offset yet.
-    /// let l = unsafe { seg.place(Offset::<RwLock<u8>>::new(seg.user_offset()), RwLock::new(0)) }?;
+    /// let h = seg.find_or_create::<RwLock<u8>>("l", ())?;
+    /// let l = h.raw(); // the low-level calls, which take the context
     /// let peer = seg.try_clone()?;
     /// let w = l.write(&seg).unwrap();
     /// assert!(matches!(l.try_read(&peer), Err(LockError::WouldBlock)));
@@ -299,10 +300,10 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmkit::{Offset, SegmentOptions, sync::{LockError, RwLock}};
+    /// use shmkit::{SegmentOptions, sync::{LockError, RwLock}};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-    /// // SAFETY: nobody else uses this offset yet.
-    /// let l = unsafe { seg.place(Offset::<RwLock<u8>>::new(seg.user_offset()), RwLock::new(0)) }?;
+    /// let h = seg.find_or_create::<RwLock<u8>>("l", ())?;
+    /// let l = h.raw(); // the low-level calls, which take the context
     /// let peer = seg.try_clone()?;
     /// let r = l.read(&seg).unwrap();
     /// assert!(matches!(l.write_for(&peer, Duration::from_millis(5)), Err(LockError::TimedOut)));
@@ -600,10 +601,10 @@ impl<T, const R: usize> RwLockWriteGuard<'_, T, R> {
     /// # Examples
     ///
     /// ```
-    /// use shmkit::{Offset, SegmentOptions, sync::RwLock};
+    /// use shmkit::{SegmentOptions, sync::RwLock};
     /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
-    /// // SAFETY: nobody else uses this offset yet.
-    /// let l = unsafe { seg.place(Offset::<RwLock<u8>>::new(seg.user_offset()), RwLock::new(0)) }?;
+    /// let h = seg.find_or_create::<RwLock<u8>>("l", ())?;
+    /// let l = h.raw(); // the low-level calls, which take the context
     /// let peer = seg.try_clone()?;
     /// std::mem::forget(l.write(&peer).unwrap());
     /// peer.simulate_crash(); // the writer dies mid-update
