@@ -282,6 +282,34 @@ impl<T: ShmSafe + Send + Sync, const R: usize> Shared<RwLock<T, R>> {
     }
 }
 
+impl<T: ShmSafe + Send + Sync, const R: usize> Shared<RwLock<T, R>> {
+    /// Brings a not-recoverable lock back ([`RwLock::reset`]) and takes the write
+    /// lock, running `rebuild` on the data (unless another writer got there first
+    /// and repaired it); `Ok(None)` if the lock was not in that state.
+    ///
+    /// # Errors
+    ///
+    /// As [`write_or_recover`](Self::write_or_recover).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let l = seg.find_or_create::<shmkit::sync::RwLock<u64>>("l", ())?;
+    /// assert!(l.reset(|v| *v = 0)?.is_none()); // nothing to reset
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn reset(
+        &self,
+        rebuild: impl FnOnce(&mut T),
+    ) -> Result<Option<RwLockWriteGuard<'_, T, R>>> {
+        if !self.raw().reset() {
+            return Ok(None);
+        }
+        self.write_or_recover(rebuild).map(Some)
+    }
+}
+
 impl<const L: usize> Shared<Semaphore<L>> {
     /// Takes a permit, waiting as long as it takes: [`Semaphore::acquire`].
     ///

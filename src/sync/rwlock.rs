@@ -165,6 +165,48 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         }
     }
 
+    /// Brings a [not recoverable](LockError::NotRecoverable) lock back to "free but
+    /// suspect": the next writer gets [`LockError::OwnerDied`] and must rebuild
+    /// the data (readers see [`is_inconsistent`](RwLockReadGuard::is_inconsistent)
+    /// until then). Returns whether it was not recoverable. Always sound: such a
+    /// lock has no writer and no reader inside.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::sync::{LockError, RwLock};
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// let h = seg.find_or_create::<RwLock<u8>>("l", ())?;
+    /// let l = h.raw();
+    /// let peer = seg.try_clone()?;
+    /// std::mem::forget(l.write(&peer).unwrap());
+    /// peer.simulate_crash();
+    /// drop(l.write(&seg).unwrap_err().into_owner_died()); // dropped unrepaired
+    /// assert!(matches!(l.write(&seg), Err(LockError::NotRecoverable)));
+    /// assert!(l.reset());
+    /// let mut g = l.write(&seg).unwrap_err().into_owner_died().unwrap();
+    /// *g = 0;
+    /// g.make_consistent();
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn reset(&self) -> bool {
+        // SYNC: SeqCst like every other change of `state` (the Dekker pairing with
+        // readers' announcements); nothing is published.
+        let ok = self
+            .state
+            .compare_exchange(
+                NOT_RECOVERABLE,
+                INCONSISTENT,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if ok {
+            self.notify();
+        }
+        ok
+    }
+
     /// The caller's reader entry.
     fn entry<G>(&self, me: OwnerTag) -> Result<&AtomicU64, LockError<G>> {
         if me.is_nobody() {
