@@ -1169,6 +1169,7 @@ const FORK_AFTER_FORK_OK: u64 = 1;
 const FORK_OLD_HANDLE_ACTS_FOR_NOBODY: u64 = 2;
 const FORK_NEW_HANDLE_LOCKS: u64 = 4;
 const FORK_OWN_SLOT: u64 = 8;
+const FORK_STALE_CLONE_REFUSED: u64 = 16;
 
 /// Finds objects, forks with their handles alive, and in the grandchild calls
 /// `after_fork` (which must work although the handles still hold the inherited
@@ -1196,6 +1197,12 @@ fn fork_with_handles_main(mut seg: Segment) -> ! {
         }
         if seg.slot() != parent_slot && seg.is_alive(parent_slot).unwrap_or(false) {
             bits |= FORK_OWN_SLOT;
+        }
+        // A second after_fork on a clone of the inherited attachment is refused
+        // (it would otherwise build on the descriptor handed back to /dev/null).
+        let mut stale = m.segment().clone();
+        if matches!(stale.after_fork(), Err(shmkit::Error::InvalidArgument(_))) {
+            bits |= FORK_STALE_CLONE_REFUSED;
         }
         report.store(bits | 0x100, Ordering::Release);
         // SAFETY: leave at once, running none of the inherited destructors.
@@ -1254,7 +1261,8 @@ fn after_fork_works_with_object_handles_alive_and_the_old_ones_act_for_nobody() 
             | FORK_AFTER_FORK_OK
             | FORK_OLD_HANDLE_ACTS_FOR_NOBODY
             | FORK_NEW_HANDLE_LOCKS
-            | FORK_OWN_SLOT,
+            | FORK_OWN_SLOT
+            | FORK_STALE_CLONE_REFUSED,
         "grandchild report {bits:#x}"
     );
     assert_eq!(report.load(Ordering::Acquire), bits);

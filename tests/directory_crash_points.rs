@@ -80,10 +80,30 @@ fn survive(w: &World, what: &str, k: u64) {
     let s = &w.seg;
     s.reclaim_dead().unwrap();
     w.heap.reclaim_dead().unwrap();
+    // An unrelated heap user takes (and publishes, unstamped) whatever the
+    // reclaim freed, before the directory's recovery runs: recovery must not
+    // free any of it.
+    let mut grabbed = Vec::new();
+    for size in [64usize, 128, 256, 320, 384, 448, 512, 1024, 2048, 4096] {
+        for _ in 0..6 {
+            let b = w.heap.alloc(size, 8).unwrap();
+            w.heap.publish(b).unwrap();
+            grabbed.push(b);
+        }
+    }
     s.directory()
         .reclaim()
         .unwrap_or_else(|e| panic!("{what}, death at step {k}: reclaim: {e}"));
     w.heap.reclaim_dead().unwrap();
+    for &b in &grabbed {
+        assert_eq!(
+            w.heap.state(b).unwrap(),
+            shmkit::alloc::BlockState::Shared,
+            "{what}, step {k}: recovery freed a block someone else reused"
+        );
+        w.heap.adopt(b).unwrap();
+        w.heap.free(b).unwrap();
+    }
     let rep = s.directory().verify().unwrap();
     assert!(rep.is_clean(), "{what}, death at step {k}: {rep:?}");
     let hv = w.heap.verify();

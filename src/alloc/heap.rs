@@ -643,16 +643,28 @@ impl Heap {
                 reason: "not a published block",
             });
         }
-        self.adopt_if(off, cur)
+        self.adopt_word(off, cur)
     }
 
-    /// Takes the block over only if its owner word is exactly `word` (a `Shared`
-    /// word, possibly stamped).
+    /// Takes the block over only if its owner word is exactly `word`, a *stamped*
+    /// `Shared` word (see `publish_stamped`): a structure's recovery can act only
+    /// on blocks it published itself, whatever words a peer wrote into it.
     ///
     /// # Errors
     ///
-    /// [`Error::BadBlock`] if the word is another.
+    /// [`Error::BadBlock`] if `word` is not a stamped `Shared` word, or the
+    /// block's word is another.
     pub(crate) fn adopt_if(&self, off: u64, word: u64) -> Result<()> {
+        if !super::owner::is_stamped(word) {
+            return Err(Error::BadBlock {
+                offset: off,
+                reason: "not a stamped published block",
+            });
+        }
+        self.adopt_word(off, word)
+    }
+
+    fn adopt_word(&self, off: u64, word: u64) -> Result<()> {
         let me = self.me()?;
         let (w, _) = self.owner_of(off)?;
         // SYNC: Acquire pairs with the Release in `publish`.

@@ -66,7 +66,7 @@ pub use boxed::ShmBox;
 pub use class::{CLASSES, MAX_SMALL, SIZES};
 pub use heap::{Heap, MAX_ALLOC};
 pub use owner::BlockState;
-pub(crate) use owner::shared_stamped;
+pub(crate) use owner::{is_stamped, shared_stamped};
 pub use pool::Reclaimed;
 #[cfg(not(loom))]
 pub(crate) use seg_mem::ROOT_WORDS;

@@ -85,6 +85,12 @@ pub const fn shared_stamped(stamp: u64) -> u64 {
     SHARED | (stamp & STAMP_MASK)
 }
 
+/// Whether `w` is a `Shared` word with a stamp (never the plain `SHARED`).
+#[inline]
+pub const fn is_stamped(w: u64) -> bool {
+    w & !STAMP_MASK == SHARED && w & STAMP_MASK != 0
+}
+
 /// The word of a free block on a shared list.
 pub const FREE_WORD: u64 = FREE;
 

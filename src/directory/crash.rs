@@ -9,7 +9,7 @@
 //! step between two crash points is one store or one heap call, so a model run
 //! over every `n` kills the caller at every step of the journal protocol.
 //!
-//! Without the `testkit` feature, [`point`] is an inlined `Ok(())`.
+//! Without the `testkit` feature, [`point`] is a compiler fence and `Ok(())`.
 
 use crate::Result;
 
@@ -32,6 +32,9 @@ mod armed {
 /// [`Error::SimulatedCrash`](crate::Error) when the armed count runs out.
 #[inline]
 pub(crate) fn point() -> Result<()> {
+    // Also in shipped builds: the steps on either side stay in program order, so
+    // a process killed between them leaves what the journal expects.
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
     #[cfg(feature = "testkit")]
     {
         if armed::DEAD.with(|d| d.get()) {

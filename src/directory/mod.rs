@@ -57,6 +57,8 @@ mod locks;
 pub(crate) mod protocol;
 mod shared;
 mod table;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
@@ -296,9 +298,14 @@ impl<'s> Directory<'s> {
         if d.live_holders(&e)? > 0 {
             d.move_to_removed(i, &mut e)?;
         } else {
-            d.unlink_free(Some(i), &e)?;
+            d.unlink_free(i, &e)?;
         }
-        d.shrink()
+        // Best effort: the name is gone whatever this says (a simulated death
+        // inside is still a death).
+        match d.shrink() {
+            Err(e) if crash::dead() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Every object, in no particular order.
@@ -371,16 +378,25 @@ impl<'s> Directory<'s> {
         let mut n = 0;
         for (i, e) in d.entries()? {
             if let Ok(e) = e {
-                if e.head.state == entry::CREATING && !creator_alive(self.seg, &e) {
-                    d.unlink_free(Some(i), &e)?;
+                // Only the creator holds a Creating entry: another live holder
+                // means the state word lies, and nothing is freed.
+                if e.head.state == entry::CREATING
+                    && !creator_alive(self.seg, &e)
+                    && d.live_holders(&e)? == 0
+                {
+                    d.unlink_free(i, &e)?;
                     n += 1;
                 }
             }
         }
+        // One walk: each freed entry's predecessor is the last one kept.
+        let mut kept = 0;
         for (e, _) in d.removed()? {
             if d.live_holders(&e)? == 0 {
-                d.unlink_free(None, &e)?;
+                d.unlink_free_listed(&e, kept)?;
                 n += 1;
+            } else {
+                kept = e.off;
             }
         }
         Ok(n)
@@ -499,7 +515,16 @@ impl<'s> Directory<'s> {
                 Step::Reclaim => {
                     // Its creator died half-way: nobody gets the half-built object.
                     if let Some((i, e)) = &p.found {
-                        d.unlink_free(Some(*i), e)?;
+                        if d.live_holders(e)? > 0 {
+                            return Err(Error::corrupt(
+                                "directory entry",
+                                format!(
+                                    "entry at {:#x} is Creating under a dead creator yet held by a live process",
+                                    e.off
+                                ),
+                            ));
+                        }
+                        d.unlink_free(*i, e)?;
                     }
                     if mode == Mode::Find {
                         return Err(Error::NotFound(format!("object {name:?}")));
@@ -535,12 +560,12 @@ impl<'s> Directory<'s> {
                 .free
                 .ok_or_else(|| Error::corrupt("directory table", "full with no free bucket"))?;
             let config = config.ok_or(Error::InvalidArgument("create without a config"))?;
-            let off = create_entry::<T>(&mut d, free, name, hash, &config, me)?;
+            let (off, word) = create_entry::<T>(&mut d, free, name, hash, &config, me)?;
             drop(d);
             return build::<T>(
                 seg,
                 &heap,
-                off,
+                (off, word),
                 name,
                 config,
                 init.take().unwrap_or_else(|| unreachable!()),
@@ -629,7 +654,7 @@ fn create_entry<T: ShmObject>(
     hash: u64,
     config: &T::Config,
     me: OwnerTag,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let size = T::size(config)?;
     if size < size_of::<T>() as u64 {
         return Err(Error::InvalidArgument("an object smaller than its type"));
@@ -678,14 +703,17 @@ fn create_entry<T: ShmObject>(
         let e = entry::read(d.heap, off)?;
         d.link(i, &e)
     })();
-    if let Err(err) = written {
-        d.discard(off); // freed only if link never published it
-        return Err(err);
-    }
+    let word = match written {
+        Ok(w) => w,
+        Err(err) => {
+            d.discard(off); // freed only if link never published it
+            return Err(err);
+        }
+    };
     let mut local = d.seg.local().lock().unwrap_or_else(|e| e.into_inner());
     *local.holds.entry(off).or_insert(0) += 1;
     local.building.insert(off);
-    Ok(off)
+    Ok((off, word))
 }
 
 /// Removes a half-built entry if its builder unwinds.
@@ -693,6 +721,8 @@ struct Unbuilt<'a> {
     seg: &'a Segment,
     heap: &'a Heap,
     off: u64,
+    /// The entry's owner word as we published it: only that block is ours.
+    word: u64,
 }
 
 impl Drop for Unbuilt<'_> {
@@ -700,23 +730,27 @@ impl Drop for Unbuilt<'_> {
         if crash::dead() {
             return; // a dead process cleans nothing up
         }
+        // Under the lock, so that no other thread of ours can see the entry as
+        // abandoned (and free and rebuild it) before we are done with it. If the
+        // lock cannot be had, the entry stays `Creating` under our live tag but
+        // leaves `building`: the next look from this attachment reclaims it.
+        let d = Locked::lock(self.heap);
         let mut local = self.seg.local().lock().unwrap_or_else(|e| e.into_inner());
         local.holds.remove(&self.off);
         local.building.remove(&self.off);
         drop(local);
-        // Best effort: if this fails, the entry stays `Creating` under our (live)
-        // tag but no longer in `building`, so the next look from this attachment
-        // reclaims it.
-        if let Ok(mut d) = Locked::lock(self.heap) {
-            if let Ok(e) = entry::read(self.heap, self.off) {
-                if e.head.state == entry::REMOVED {
-                    let _ = d.unlink_free(None, &e);
-                } else if let Ok(Some(i)) = d.entries().map(|v| {
-                    v.into_iter()
-                        .find(|(_, x)| x.as_ref().is_ok_and(|x| x.off == self.off))
-                }) {
-                    let _ = d.unlink_free(Some(i.0), &e);
-                }
+        let Ok(mut d) = d else { return };
+        if self.heap.owner_word(self.off).ok() != Some(self.word) {
+            return; // not our entry any more
+        }
+        if let Ok(e) = entry::read(self.heap, self.off) {
+            if e.head.state == entry::REMOVED {
+                let _ = d.unlink_removed(self.off);
+            } else if let Ok(Some(i)) = d.entries().map(|v| {
+                v.into_iter()
+                    .find(|(_, x)| x.as_ref().is_ok_and(|x| x.off == self.off))
+            }) {
+                let _ = d.unlink_free(i.0, &e);
             }
         }
     }
@@ -726,12 +760,17 @@ impl Drop for Unbuilt<'_> {
 fn build<T: ShmObject>(
     seg: &Segment,
     heap: &Heap,
-    off: u64,
+    (off, word): (u64, u64),
     name: &str,
     config: T::Config,
     init: impl FnOnce(&T),
 ) -> Result<Shared<T>> {
-    let guard = Unbuilt { seg, heap, off };
+    let guard = Unbuilt {
+        seg,
+        heap,
+        off,
+        word,
+    };
     crash::point()?;
     let e = entry::read(heap, off)?;
     let ptr = heap.ptr(e.head.obj)?.cast::<T>();
@@ -743,7 +782,7 @@ fn build<T: ShmObject>(
     init(unsafe { ptr.as_ref() });
     crash::point()?;
     let mut d = Locked::lock(heap)?;
-    d.mark_ready(off, seg.owner_tag())?;
+    d.mark_ready(off, word, seg.owner_tag())?;
     seg.local()
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -185,7 +185,7 @@ impl<T: ShmObject> Shared<T> {
         let mut e = entry::read(&heap, self.entry)?;
         d.remove_holder(&mut e, me)?;
         if e.head.state == REMOVED && d.live_holders(&e)? == 0 {
-            d.unlink_free(None, &e)?;
+            d.unlink_removed(e.off)?;
         }
         Ok(())
     }

@@ -37,8 +37,9 @@ use crate::segment::Segment;
 use crate::sync::{LockError, Mutex, MutexGuard};
 use crate::{Error, OwnerTag, Result};
 
-/// `magic` of a built directory ("SHMKDIR1").
-const DIR_MAGIC: u64 = 0x3152_4944_4b4d_4853;
+/// `magic` of a built directory ("SHMKDIR2": entries of 208 bytes, a journal of
+/// five words).
+const DIR_MAGIC: u64 = 0x3252_4944_4b4d_4853;
 /// Buckets of a new table.
 const MIN_BUCKETS: u64 = 64;
 /// Largest table (2^26 buckets, 512 MiB).
@@ -499,7 +500,10 @@ impl<'h> Locked<'h> {
     /// (the heap's `reclaim_dead` returns a block a dead process adopted, and a
     /// block freed since may be someone else's now): then only forget.
     fn release(&mut self, off: u64, word: u64) -> Result<()> {
-        if off == 0 || self.heap.owner_word(off).ok() != Some(word) {
+        if off == 0
+            || !crate::alloc::is_stamped(word)
+            || self.heap.owner_word(off).ok() != Some(word)
+        {
             self.clear_journal();
             return Ok(());
         }
@@ -517,9 +521,9 @@ impl<'h> Locked<'h> {
     /// # Errors
     ///
     /// Heap errors (the block is then still ours).
-    pub fn link(&mut self, i: usize, e: &Entry) -> Result<()> {
+    pub fn link(&mut self, i: usize, e: &Entry) -> Result<u64> {
         let (t, _) = self.table()?;
-        self.publish_journalled(e.off, J_LINK, [e.off, 0, 0, 0, 0], 1)?;
+        let word = self.publish_journalled(e.off, J_LINK, [e.off, 0, 0, 0, 0], 1)?;
         crash::point()?;
         let prev = Self::get(t, i);
         Self::set(t, i, bucket_word(e.off, e.head.hash));
@@ -531,30 +535,91 @@ impl<'h> Locked<'h> {
         }
         g.generation = g.generation.wrapping_add(1);
         self.clear_journal();
-        Ok(())
+        Ok(word)
     }
 
-    /// Unlinks the entry (from bucket `i`, or from the removed list if `i` is
-    /// `None`) and frees it with its holder block.
+    /// Unlinks the entry from bucket `i` and frees it with its holder block.
     ///
     /// # Errors
     ///
     /// Heap and corruption errors (the journal then finishes the job later).
-    pub fn unlink_free(&mut self, i: Option<usize>, e: &Entry) -> Result<()> {
+    pub fn unlink_free(&mut self, i: usize, e: &Entry) -> Result<()> {
         let word = self.published_word(e.off, "directory entry")?;
         self.journal(J_UNLINK, [e.off, word, 0, 0, 0]);
         crash::point()?;
-        match i {
-            Some(i) => {
-                let (t, _) = self.table()?;
-                Self::set(t, i, TOMB);
-                self.guard.live = self.guard.live.saturating_sub(1);
-            }
-            None => self.unlist(e.off)?,
-        }
+        let (t, _) = self.table()?;
+        Self::set(t, i, TOMB);
+        self.guard.live = self.guard.live.saturating_sub(1);
         self.guard.generation = self.guard.generation.wrapping_add(1);
         crash::point()?;
         self.free_entry(e.off, word)
+    }
+
+    /// Unlinks the entry from the removed list (its predecessor there is `prev`,
+    /// 0 for the head) and frees it. Checked before anything changes: `prev` must
+    /// link it, else `Corrupt` and nothing is freed (an entry that merely claims
+    /// to be removed is never freed under its table bucket).
+    ///
+    /// # Errors
+    ///
+    /// As [`unlink_free`](Self::unlink_free).
+    pub fn unlink_free_listed(&mut self, e: &Entry, prev: u64) -> Result<()> {
+        let linked = if prev == 0 {
+            self.guard.removed == e.off
+        } else {
+            entry::read(self.heap, prev)?.head.next_removed == e.off
+        };
+        if !linked || e.head.state != REMOVED {
+            return Err(Error::corrupt(
+                "directory removed list",
+                format!(
+                    "entry at {:#x} is not on the list where it claims to be",
+                    e.off
+                ),
+            ));
+        }
+        let word = self.published_word(e.off, "directory entry")?;
+        let next = e.head.next_removed;
+        // Listed: j_c is the predecessor, j_d the successor, j_e = 1.
+        self.journal(J_UNLINK, [e.off, word, prev, next, 1]);
+        crash::point()?;
+        self.relink(prev, e.off, next)?;
+        self.guard.generation = self.guard.generation.wrapping_add(1);
+        crash::point()?;
+        self.free_entry(e.off, word)
+    }
+
+    /// Makes `prev` (0: the head) point past `off` to `next`, if it still points
+    /// at `off` (idempotent, for recovery).
+    fn relink(&mut self, prev: u64, off: u64, next: u64) -> Result<()> {
+        if prev == 0 {
+            if self.guard.removed == off {
+                self.guard.removed = next;
+            }
+        } else if let Ok(mut p) = entry::read(self.heap, prev) {
+            if p.head.next_removed == off {
+                p.head.next_removed = next;
+                entry::write_head(self.heap, &p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlinks a removed entry found by a walk of the list, and frees it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if it is not on the list; as
+    /// [`unlink_free_listed`](Self::unlink_free_listed).
+    pub fn unlink_removed(&mut self, off: u64) -> Result<()> {
+        let list = self.removed()?;
+        let Some((e, prev)) = list.into_iter().find(|(e, _)| e.off == off) else {
+            return Err(Error::corrupt(
+                "directory removed list",
+                format!("entry at {off:#x} is removed but on no list"),
+            ));
+        };
+        self.unlink_free_listed(&e, prev)
     }
 
     /// Moves a held entry from bucket `i` to the removed list.
@@ -613,27 +678,10 @@ impl<'h> Locked<'h> {
         Ok(out)
     }
 
-    /// Takes `off` off the removed list (if it is there).
-    fn unlist(&mut self, off: u64) -> Result<()> {
-        let list = self.removed()?;
-        let Some((e, prev)) = list.into_iter().find(|(e, _)| e.off == off) else {
-            return Ok(());
-        };
-        let next = e.head.next_removed;
-        if prev == 0 {
-            self.guard.removed = next;
-        } else {
-            let mut p = entry::read(self.heap, prev)?;
-            p.head.next_removed = next;
-            entry::write_head(self.heap, &p)?;
-        }
-        Ok(())
-    }
-
     /// Frees an unreachable entry block published as `word` (journal set by the
     /// caller): first its holder block, then itself.
     fn free_entry(&mut self, off: u64, word: u64) -> Result<()> {
-        if self.heap.owner_word(off).ok() != Some(word) {
+        if !crate::alloc::is_stamped(word) || self.heap.owner_word(off).ok() != Some(word) {
             // Not ours any more (a dead process adopted it: the heap reclaims it).
             self.clear_journal();
             return Ok(());
@@ -641,7 +689,8 @@ impl<'h> Locked<'h> {
         if let Ok(mut e) = entry::read(self.heap, off) {
             let (more, more_word) = (e.head.more, e.head.more_word);
             if more != 0 {
-                let ours = self.heap.owner_word(more).ok() == Some(more_word);
+                let ours = crate::alloc::is_stamped(more_word)
+                    && self.heap.owner_word(more).ok() == Some(more_word);
                 if ours {
                     self.heap.adopt_if(more, more_word)?;
                     crash::point()?;
@@ -665,7 +714,13 @@ impl<'h> Locked<'h> {
     /// # Errors
     ///
     /// [`Error::Corrupt`] if the entry is no longer the one we created.
-    pub fn mark_ready(&mut self, off: u64, me: OwnerTag) -> Result<()> {
+    pub fn mark_ready(&mut self, off: u64, word: u64, me: OwnerTag) -> Result<()> {
+        if self.heap.owner_word(off).ok() != Some(word) {
+            return Err(Error::corrupt(
+                "directory entry",
+                format!("entry at {off:#x} was freed while we built it"),
+            ));
+        }
         let mut e = entry::read(self.heap, off)?;
         if e.head.state == REMOVED && e.head.creator == me.bits() {
             // Removed while we built it: the name is gone, our handle keeps the
@@ -760,6 +815,17 @@ impl<'h> Locked<'h> {
                 format!("entry at {:#x}: holder block {m:#x} ({err})", e.off),
             )
         })?;
+        if !crate::alloc::is_stamped(e.head.more_word)
+            || self.heap.owner_word(m).ok() != Some(e.head.more_word)
+        {
+            return Err(Error::corrupt(
+                "directory entry",
+                format!(
+                    "entry at {:#x}: holder block {m:#x} is not the one it published",
+                    e.off
+                ),
+            ));
+        }
         if m % 8 != 0 || size < n * 8 {
             return Err(Error::corrupt(
                 "directory entry",
@@ -883,11 +949,12 @@ impl<'h> Locked<'h> {
             J_UNLINK => {
                 if self.heap.owner_word(r.j_a).ok() == Some(r.j_b) {
                     // Still ours, so still where it was: take it out, free it.
-                    if let Some(i) = self.find_linked(r.j_a)? {
+                    if r.j_e == 1 {
+                        self.relink(r.j_c, r.j_a, r.j_d)?;
+                    } else if let Some(i) = self.find_linked(r.j_a)? {
                         let (t, _) = self.table()?;
                         Self::set(t, i, TOMB);
                     }
-                    self.unlist(r.j_a)?;
                 }
                 self.free_entry(r.j_a, r.j_b)?;
             }

@@ -69,6 +69,9 @@ pub(crate) struct Inner {
     pub(super) crashed: crate::loom::AtomicU32,
     /// The fork generation this handle acts for (see `os::fork`).
     pub(super) fork_gen: u64,
+    /// Set when a forked child's `after_fork` gave another handle a new
+    /// attachment and pointed this one's descriptors at /dev/null (process-local).
+    pub(super) disowned: crate::loom::AtomicU32,
     /// Process-local state of the directory (which objects this handle holds).
     pub(crate) local: std::sync::Mutex<crate::segment::Local>,
 }
@@ -109,6 +112,7 @@ impl Segment {
                 persist: crate::loom::AtomicU32::new(0),
                 crashed: crate::loom::AtomicU32::new(0),
                 fork_gen: crate::segment::os::fork::generation(),
+                disowned: crate::loom::AtomicU32::new(0),
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
             }),
         };
@@ -705,6 +709,12 @@ impl Segment {
         if self.inner.pid == proc::self_pid() {
             return Ok(());
         }
+        if self.inner.disowned.load(Ordering::Relaxed) != 0 {
+            return Err(Error::InvalidArgument(
+                "another handle's after_fork already took this attachment over in this \
+                 process: use that handle (or clone it)",
+            ));
+        }
         if matches!(self.inner.store, Store::Heap { .. }) {
             return Err(Error::Unsupported(
                 "a heap-backed segment is not shared across fork",
@@ -753,9 +763,6 @@ impl Segment {
         if let Store::Fd(f) = &store {
             fd::remap_in_place(f.as_fd(), &old.map)?;
         }
-        // The inherited descriptor would keep the parent's open file description
-        // (its liveness locks) alive for as long as a stale clone lives here.
-        old.store.disown()?;
         let mut seg = Segment {
             inner: StdArc::new(Inner {
                 map: old.map.clone(),
@@ -770,10 +777,16 @@ impl Segment {
                 persist: crate::loom::AtomicU32::new(1),
                 crashed: crate::loom::AtomicU32::new(0),
                 fork_gen: crate::segment::os::fork::generation(),
+                disowned: crate::loom::AtomicU32::new(0),
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
             }),
         };
         seg.claim_slot()?;
+        // Only now (our own slot is claimed, through our own descriptor): the
+        // inherited descriptor would keep the parent's open file description
+        // (its liveness locks) alive for as long as a stale clone lives here.
+        self.inner.disowned.store(1, Ordering::Relaxed);
+        self.inner.store.disown()?;
         *self = seg;
         Ok(())
     }

@@ -229,7 +229,6 @@ pub(crate) fn unlink(path: &Path, what: &str) -> Result<()> {
     })
 }
 
-/// A new open file description for the same object (for a new handle's locks).
 /// Points the descriptor number `fd` at `/dev/null`: the number stays valid (its
 /// owner closes it as usual) but no longer refers to the object's open file
 /// description, so it holds none of that description's OFD locks alive. For a
@@ -255,6 +254,7 @@ pub(crate) fn disown(fd: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
+/// A new open file description for the same object (for a new handle's locks).
 pub(crate) fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
