@@ -13,10 +13,9 @@
 //!   closure (nobody is handed the half-built object; the next `find_or_create`
 //!   builds a fresh one; reclaim leaves everything clean).
 //!
-//! Two tests are `#[ignore]`d because they reproduce library bugs (their ignore
-//! reasons say which): a name removed while its creator builds it, and a create
-//! that links a name twice past a damaged entry. Run them with
-//! `cargo test --test directory -- --ignored`.
+//! Two tests reproduce library bugs these tests found (now fixed): a name removed
+//! while its creator builds it, and a create that linked a name twice past a
+//! damaged entry.
 //!
 //! The process tests re-execute this binary: `child_main` (ignored) reads its role
 //! from `SHMKIT_CHILD_ROLE` and the POSIX segment's name from

@@ -194,11 +194,10 @@ impl<T: ShmObject> Shared<T> {
 impl<T: ShmObject> Deref for Shared<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: `ptr` was checked (in bounds of its entry's live block, aligned
-        // for T, the entry's identity T's) when the handle was made; the block
-        // stays allocated while this attachment holds the entry, which it does
-        // for as long as any of its handles lives; T: ShmShared makes `&T` valid
-        // whatever peers write.
+        // The block stays allocated while this attachment holds the entry, which it
+        // does for as long as any of its handles lives.
+        // SAFETY: `ptr` was checked (inside its entry's live block, aligned, the
+        // entry's identity T's) at the handle's making; T: ShmShared.
         unsafe { self.ptr.as_ref() }
     }
 }

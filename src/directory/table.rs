@@ -1034,10 +1034,10 @@ fn root_lock(heap: &Heap) -> Result<&Mutex<DirRoot>> {
     #[cfg(not(loom))]
     {
         let roots = heap.roots();
-        // SAFETY: the root words are zeroed at the heap's build and used by nothing
-        // but the directory; they are large and aligned enough for a Mutex<DirRoot>
-        // (asserted above), whose all-zero state is an unlocked mutex over an
-        // empty root; every bit pattern is a state Mutex and Locked handle.
+        // The words are zeroed at the heap's build and used only by the directory;
+        // all-zero is an unlocked mutex over an empty root.
+        // SAFETY: large and aligned enough (asserted above); every bit pattern is a
+        // state Mutex and Locked handle.
         Ok(unsafe { &*(roots as *const _ as *const Mutex<DirRoot>) })
     }
 }
