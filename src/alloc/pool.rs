@@ -363,7 +363,7 @@ pub fn free_small<M: Mem>(mem: &M, cache: &Cache, b: u64, loc: Loc, me: OwnerTag
     Ok(cache.push(loc.class, b, loc.owner))
 }
 
-/// What [`reclaim`] did.
+/// What [`Heap::reclaim_dead`](super::Heap::reclaim_dead) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reclaimed {
     /// Blocks returned to the free lists (including the unlisted ones).
