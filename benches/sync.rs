@@ -56,6 +56,7 @@ unsafe impl Send for PthreadRobust {}
 
 fn segment() -> Segment {
     SegmentOptions::heap()
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .create()

@@ -21,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmkit::SegmentOptions;
 use shmkit::alloc::{Heap, ShmString};
+use shmkit::{Offset, SegmentOptions};
 
 const TRADERS: usize = 3;
 const SLOTS: usize = 64;
@@ -43,7 +43,7 @@ fn trader(name: &str) -> shmkit::Result<()> {
         s.push_str(&format!("{sent} from {me}"))?;
         let off = s.into_shared()?;
         if boxed[i]
-            .compare_exchange(0, off, Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(0, off.get(), Ordering::Release, Ordering::Relaxed)
             .is_ok()
         {
             sent += 1;
@@ -54,7 +54,7 @@ fn trader(name: &str) -> shmkit::Result<()> {
         let j = (i + SLOTS / 2) % SLOTS;
         let got = boxed[j].swap(0, Ordering::Acquire);
         if got != 0 {
-            let text = ShmString::from_shared(&heap, got)?.to_string()?;
+            let text = ShmString::from_shared(&heap, Offset::new(got))?.to_string()?;
             assert!(text.starts_with("order "), "corrupt message {text:?}");
             received += 1;
         }
@@ -196,7 +196,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for slot in mailbox.iter() {
         let off = slot.swap(0, Ordering::Acquire);
         if off != 0 {
-            ShmString::from_shared(&heap, off)?;
+            ShmString::from_shared(&heap, Offset::new(off))?;
             drained += 1;
         }
     }

@@ -238,6 +238,27 @@ pub enum Error {
         /// Reader entries in the lock.
         entries: usize,
     },
+    /// The segment's user region belongs to something else: raw placement reached
+    /// into the heap, or a heap was asked of a segment made without one. Who owns
+    /// the region is fixed at creation and recorded in the checksummed header
+    /// (see [`SegmentOptions::no_heap`](crate::SegmentOptions::no_heap) and
+    /// [`SegmentOptions::raw_region`](crate::SegmentOptions::raw_region)).
+    #[error("the segment's user region is in use by {by}: {detail}")]
+    RegionInUse {
+        /// What owns the region: `"the heap"` or `"raw placement"`.
+        by: &'static str,
+        /// The offending request and what to do instead.
+        detail: String,
+    },
+    /// A segment was not replaced because processes attached to it are alive
+    /// (see [`SegmentOptions::replace_stale`](crate::SegmentOptions::replace_stale)).
+    #[error("{what} is in use by {live} live process(es): not replaced")]
+    InUse {
+        /// The segment.
+        what: String,
+        /// Registry slots held by live processes (at least one).
+        live: u32,
+    },
     /// Test support (`testkit`): the caller "died" at an armed crash point.
     #[cfg(feature = "testkit")]
     #[doc(hidden)]

@@ -272,6 +272,7 @@ fn say(what: impl std::fmt::Display) {
 fn worker_main(work: fn(&Segment, u64)) {
     let name = std::env::var(TARGET).expect("SHMKIT_CHILD_TARGET");
     let first = SegmentOptions::posix(&name)
+        .no_heap()
         .open()
         .unwrap_or_else(|e| panic!("worker: open {name}: {e:?}"));
     let mut handles = vec![first];
@@ -608,7 +609,7 @@ impl Watchdog {
                     continue;
                 };
                 eprintln!("watchdog: crash_sync hung: {why}: aborting");
-                let _ = SegmentOptions::posix(&name).remove();
+                let _ = SegmentOptions::posix(&name).no_heap().remove();
                 std::process::abort();
             }
         });
@@ -821,6 +822,7 @@ impl CrashRun {
         );
         let started = Instant::now();
         let seg = SegmentOptions::posix(&name)
+            .no_heap()
             .max_size(1 << 20)
             .committed(64 << 10)
             .registry_slots(SLOTS as u32)

@@ -45,6 +45,7 @@ fn heap_corpus(target: &str) -> Vec<Vec<u8>> {
 /// The bytes of a fresh, valid heap segment with `slots` registry slots.
 fn valid_image(slots: u32, max: u64) -> Vec<u8> {
     let seg = SegmentOptions::heap()
+        .no_heap()
         .registry_slots(slots)
         .max_size(max)
         .committed(max)

@@ -412,11 +412,20 @@ fn bad_alignments_and_sizes_are_refused() {
             other => panic!("size {size}: expected InvalidSize, got {other:?}"),
         }
     }
-    // A segment too small to hold a heap at all.
-    let tiny = SegmentOptions::heap().max_size(128 << 10).create().unwrap();
+    // A segment too small to hold a heap at all (refused when it is created, since
+    // the creator builds the heap; without a heap it is fine, and has none).
+    assert!(matches!(
+        SegmentOptions::heap().max_size(128 << 10).create(),
+        Err(Error::InvalidSize { .. })
+    ));
+    let tiny = SegmentOptions::heap()
+        .max_size(128 << 10)
+        .no_heap()
+        .create()
+        .unwrap();
     assert!(matches!(
         Heap::attach(&tiny),
-        Err(Error::InvalidSize { .. })
+        Err(Error::RegionInUse { .. })
     ));
     // The largest size accepted at all, on a 4 MiB segment.
     match heap.alloc(MAX_ALLOC as usize, 8) {
@@ -1496,11 +1505,12 @@ fn a_shm_vec_grows_through_many_reallocations_and_is_handed_over() {
             .collect();
         assert_eq!(v.to_vec(), want);
         checkpoint(&heap);
-        header = v.into_shared().unwrap();
+        let typed = v.into_shared().unwrap();
+        header = typed.get();
         assert_eq!(heap.state(header).unwrap(), BlockState::Shared);
-        let got = ShmVec::<u64>::from_shared(&peer_heap, header).unwrap();
+        let got = ShmVec::<u64>::from_shared(&peer_heap, typed).unwrap();
         assert_eq!(got.to_vec(), want);
-        assert_bad_block(ShmVec::<u64>::from_shared(&heap, header), header);
+        assert_bad_block(ShmVec::<u64>::from_shared(&heap, typed), header);
     }
     assert_bad_block(heap.usable_size(header), header);
     heap.flush().unwrap();
@@ -1522,7 +1532,7 @@ fn a_shm_vec_grows_through_many_reallocations_and_is_handed_over() {
         stamp(&heap, junk, 24, 3);
         heap.publish(junk).unwrap();
         assert!(matches!(
-            ShmVec::<u64>::from_shared(&peer_heap, junk),
+            ShmVec::<u64>::from_shared(&peer_heap, Offset::new(junk)),
             Err(Error::BadBlock { .. })
         ));
         assert_eq!(heap.state(junk).unwrap(), BlockState::Shared, "given back");
@@ -1532,11 +1542,11 @@ fn a_shm_vec_grows_through_many_reallocations_and_is_handed_over() {
         let v = ShmVec::<u32>::new(&heap).unwrap();
         assert_bad_block(
             ShmVec::<u32>::from_shared(&peer_heap, v.offset()),
-            v.offset(),
+            v.offset().get(),
         );
         assert_bad_block(
-            ShmVec::<u32>::from_shared(&peer_heap, v.offset() + 8),
-            v.offset() + 8,
+            ShmVec::<u32>::from_shared(&peer_heap, Offset::new(v.offset().get() + 8)),
+            v.offset().get() + 8,
         );
     }
     heap.flush().unwrap();
@@ -1567,8 +1577,11 @@ fn a_shm_string_round_trips_and_is_handed_over() {
         let off = s.into_shared().unwrap();
         let got = ShmString::from_shared(&peer_heap, off).unwrap();
         assert_eq!(got.to_string().unwrap(), want);
-        assert_bad_block(ShmString::from_shared(&heap, off), off);
-        assert_bad_block(ShmString::from_shared(&heap, off + 16), off + 16);
+        assert_bad_block(ShmString::from_shared(&heap, off), off.get());
+        assert_bad_block(
+            ShmString::from_shared(&heap, Offset::new(off.get() + 16)),
+            off.get() + 16,
+        );
         let mut got = got;
         got.clear();
         assert!(got.is_empty());
@@ -1580,7 +1593,7 @@ fn a_shm_string_round_trips_and_is_handed_over() {
         let mut v = ShmVec::<u8>::with_capacity(&heap, small_or_1k(0) as usize).unwrap();
         v.extend_from_slice(&[b'o', b'k', 0xff, 0xfe]).unwrap();
         let off = v.into_shared().unwrap();
-        let s = ShmString::from_shared(&peer_heap, off).unwrap();
+        let s = ShmString::from_shared(&peer_heap, off.cast()).unwrap();
         assert_eq!(s.len(), 4);
         assert!(matches!(s.to_string(), Err(Error::Corrupt { .. })));
     }

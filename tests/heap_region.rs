@@ -17,7 +17,7 @@ fn small(opts: SegmentOptions) -> SegmentOptions {
 
 #[test]
 fn a_heap_segment_is_shared_between_handles_and_threads() {
-    let seg = small(SegmentOptions::heap()).create().unwrap();
+    let seg = small(SegmentOptions::heap().no_heap()).create().unwrap();
     assert_eq!(seg.kind(), SegmentKind::Heap);
     let clones: Vec<Segment> = (0..4).map(|_| seg.try_clone().unwrap()).collect();
     std::thread::scope(|s| {
@@ -46,7 +46,11 @@ fn a_heap_segment_is_shared_between_handles_and_threads() {
 
 #[test]
 fn a_full_registry_is_registry_full_until_a_slot_is_reclaimed() {
-    let seg = SegmentOptions::heap().registry_slots(3).create().unwrap();
+    let seg = SegmentOptions::heap()
+        .no_heap()
+        .registry_slots(3)
+        .create()
+        .unwrap();
     let a = seg.try_clone().unwrap();
     let b = seg.try_clone().unwrap();
     assert!(matches!(
@@ -64,7 +68,7 @@ fn a_full_registry_is_registry_full_until_a_slot_is_reclaimed() {
 
 #[test]
 fn offsets_that_do_not_resolve_are_refused() {
-    let seg = small(SegmentOptions::heap()).create().unwrap();
+    let seg = small(SegmentOptions::heap().no_heap()).create().unwrap();
     let end = seg.committed();
     // SAFETY: this test views each offset as one type only.
     let bad = |off: u64| match unsafe { seg.read(Offset::<u64>::new(off)) } {
@@ -98,13 +102,16 @@ fn offsets_that_do_not_resolve_are_refused() {
 
 #[test]
 fn a_heap_image_round_trips_through_open_image() {
-    let seg = small(SegmentOptions::heap()).create().unwrap();
+    let seg = small(SegmentOptions::heap().no_heap()).create().unwrap();
     counter(&seg).store(77, Ordering::Release);
     let len = seg.committed() as usize;
     // SAFETY: the committed region is `len` bytes, alive while `seg` is.
     let image = unsafe { std::slice::from_raw_parts(seg.as_ptr(), len) }.to_vec();
     // The image is shorter than max_size: refused, naming the field.
-    let e = SegmentOptions::heap().open_image(&image).unwrap_err();
+    let e = SegmentOptions::heap()
+        .no_heap()
+        .open_image(&image)
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -116,6 +123,7 @@ fn a_heap_image_round_trips_through_open_image() {
         "{e:?}"
     );
     let full = SegmentOptions::heap()
+        .no_heap()
         .max_size(64 << 10)
         .committed(64 << 10)
         .create()
@@ -123,7 +131,7 @@ fn a_heap_image_round_trips_through_open_image() {
     counter(&full).store(78, Ordering::Release);
     // SAFETY: as above, the whole region is committed.
     let image = unsafe { std::slice::from_raw_parts(full.as_ptr(), 64 << 10) }.to_vec();
-    let copy = SegmentOptions::heap().open_image(&image).unwrap();
+    let copy = SegmentOptions::heap().no_heap().open_image(&image).unwrap();
     assert_eq!(copy.seed(), full.seed());
     assert_eq!(counter(&copy).load(Ordering::Acquire), 78);
     // The copy's registry holds the original's slot, which nobody there holds.

@@ -94,8 +94,8 @@ impl Target {
 
     fn options(&self) -> SegmentOptions {
         match self {
-            Target::Posix(name) => SegmentOptions::posix(name),
-            Target::SysV(key) => SegmentOptions::sysv(*key),
+            Target::Posix(name) => SegmentOptions::posix(name).no_heap(),
+            Target::SysV(key) => SegmentOptions::sysv(*key).no_heap(),
         }
     }
 
@@ -451,8 +451,8 @@ fn wait_for_eof() {
 fn options_from_env() -> SegmentOptions {
     let t = std::env::var(TARGET).expect("SHMKIT_CHILD_TARGET");
     match t.split_once(':') {
-        Some(("posix", name)) => SegmentOptions::posix(name),
-        Some(("sysv", key)) => SegmentOptions::sysv(num(key)),
+        Some(("posix", name)) => SegmentOptions::posix(name).no_heap(),
+        Some(("sysv", key)) => SegmentOptions::sysv(num(key)).no_heap(),
         _ => panic!("bad target {t:?}"),
     }
 }

@@ -199,7 +199,8 @@ impl Target {
     fn new(kind: &str) -> Self {
         match kind {
             "posix" => Target {
-                opts: SegmentOptions::posix(&shmkit::unique_name("nospace-").expect("name")),
+                opts: SegmentOptions::posix(&shmkit::unique_name("nospace-").expect("name"))
+                    .no_heap(),
                 dir: PathBuf::from("/dev/shm"),
                 own_dir: None,
             },
@@ -208,7 +209,7 @@ impl Target {
                 std::fs::create_dir(&dir).expect("mkdir in the tmpfs");
                 let path = dir.join(format!("{}.seg", shmkit::unique_name("f-").unwrap()));
                 Target {
-                    opts: SegmentOptions::file(path),
+                    opts: SegmentOptions::file(path).no_heap(),
                     dir: dir.clone(),
                     own_dir: Some(dir),
                 }
@@ -493,6 +494,7 @@ fn memfd_peer() {
     let fd = open_rw(&path);
     assert_cannot_resize(fd.as_fd(), size);
     let seg = SegmentOptions::memfd()
+        .no_heap()
         .open_fd(fd)
         .expect("the peer attaches");
     assert_eq!(seg.seed(), seed);
@@ -506,6 +508,7 @@ fn memfd_peer() {
 
 fn sealed_segment() -> (Segment, u64) {
     let seg = SegmentOptions::memfd()
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .create()
@@ -553,7 +556,10 @@ fn a_sealed_memfd_received_over_a_socket_cannot_be_resized() {
     // through /proc is a new one. Neither can resize it.
     assert_cannot_resize(received.as_fd(), seg.max_size());
     assert_cannot_resize(reopen(received.as_fd()).as_fd(), seg.max_size());
-    let peer = SegmentOptions::memfd().open_fd(received).expect("open_fd");
+    let peer = SegmentOptions::memfd()
+        .no_heap()
+        .open_fd(received)
+        .expect("open_fd");
     assert_eq!(peer.seed(), seg.seed());
     // SAFETY: this test views each offset as one type only.
     let word =
@@ -590,6 +596,7 @@ fn an_unsealed_or_partly_sealed_memfd_is_refused() {
     // The copy is accepted when sealed as shmkit seals: only the seals differ below.
     let good = copy_into_memfd(&seg, MemfdFlags::ALLOW_SEALING, required_seals());
     SegmentOptions::memfd()
+        .no_heap()
         .open_fd(good)
         .expect("a properly sealed copy opens");
 
@@ -620,7 +627,7 @@ fn an_unsealed_or_partly_sealed_memfd_is_refused() {
     for (what, flags, seals) in cases {
         let fd = copy_into_memfd(&seg, flags, seals);
         let have = rustix::fs::fcntl_get_seals(&fd).expect("F_GET_SEALS");
-        match SegmentOptions::memfd().open_fd(fd) {
+        match SegmentOptions::memfd().no_heap().open_fd(fd) {
             Err(Error::SealsMissing { found, required }) => {
                 assert_eq!(found, have.bits(), "{what}");
                 assert_eq!(required, required_seals().bits(), "{what}");
@@ -639,7 +646,7 @@ fn an_unsealed_or_partly_sealed_memfd_is_refused() {
         .open(&path)
         .expect("open")
         .into();
-    match SegmentOptions::memfd().open_fd(plain) {
+    match SegmentOptions::memfd().no_heap().open_fd(plain) {
         Err(Error::SealsMissing { .. }) => {}
         other => panic!("a regular file: expected SealsMissing, got {other:?}"),
     }

@@ -64,7 +64,7 @@ proptest! {
         picks in proptest::collection::vec((any::<u8>(), any::<u64>()), 1..16),
         raws in region().prop_flat_map(|c| proptest::collection::vec(offsets(c), 16)),
     ) {
-        let seg = SegmentOptions::heap()
+        let seg = SegmentOptions::heap().no_heap()
             .registry_slots(4)
             .max_size(64 * PAGE_SIZE)
             .committed(committed)

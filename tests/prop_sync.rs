@@ -39,6 +39,7 @@ fn ops_len() -> std::ops::Range<usize> {
 
 fn segment() -> Segment {
     SegmentOptions::heap()
+        .no_heap()
         .max_size(256 << 10)
         .committed(64 << 10)
         .registry_slots(SLOTS as u32)

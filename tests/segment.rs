@@ -88,23 +88,24 @@ fn child_main() {
     };
     let arg = std::env::var(ARG).unwrap_or_default();
     let seg = match role.as_str() {
-        "posix" => SegmentOptions::posix(&arg).open().unwrap(),
-        "file" => SegmentOptions::file(&arg).open().unwrap(),
+        "posix" => SegmentOptions::posix(&arg).no_heap().open().unwrap(),
+        "file" => SegmentOptions::file(&arg).no_heap().open().unwrap(),
         "sysv" => Segment::sysv_from_env(ARG).unwrap(),
         "memfd" => {
             let stdin = std::io::stdin();
             let fd = shmkit::recv_fd(&stdin.as_fd()).unwrap();
-            SegmentOptions::memfd().open_fd(fd).unwrap()
+            SegmentOptions::memfd().no_heap().open_fd(fd).unwrap()
         }
         "file-reopen" => {
             // The creator has exited: the contents persisted.
-            let seg = SegmentOptions::file(&arg).open().unwrap();
+            let seg = SegmentOptions::file(&arg).no_heap().open().unwrap();
             assert_eq!(counter(&seg).load(Ordering::Acquire), MAGIC);
             println!("persisted ok");
             return;
         }
         "file-create-persist" => {
             let mut seg = SegmentOptions::file(&arg)
+                .no_heap()
                 .max_size(1 << 20)
                 .committed(64 << 10)
                 .create()
@@ -160,18 +161,20 @@ fn small(opts: SegmentOptions) -> SegmentOptions {
 #[test]
 fn a_posix_segment_is_shared_grown_and_removed() {
     let name = shmkit::unique_name("seg-posix-").unwrap();
-    let seg = small(SegmentOptions::posix(&name)).create().unwrap();
+    let seg = small(SegmentOptions::posix(&name).no_heap())
+        .create()
+        .unwrap();
     assert_eq!(seg.kind(), SegmentKind::Posix);
     counter(&seg).store(MAGIC, Ordering::Release);
     share_with_child(&seg, ChildGuard::spawn("posix", &name, Stdio::null()));
     // remove: the name goes, the open handle keeps working.
-    SegmentOptions::posix(&name).remove().unwrap();
+    SegmentOptions::posix(&name).no_heap().remove().unwrap();
     assert!(matches!(
-        SegmentOptions::posix(&name).open(),
+        SegmentOptions::posix(&name).no_heap().open(),
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        SegmentOptions::posix(&name).remove(),
+        SegmentOptions::posix(&name).no_heap().remove(),
         Err(Error::NotFound(_))
     ));
     assert_eq!(counter(&seg).load(Ordering::Acquire), MAGIC + 3);
@@ -181,7 +184,9 @@ fn a_posix_segment_is_shared_grown_and_removed() {
 fn a_file_segment_is_shared_and_persists_after_every_process_exits() {
     let dir = std::env::temp_dir();
     let path = dir.join(shmkit::unique_name("seg-file-").unwrap());
-    let seg = small(SegmentOptions::file(&path)).create().unwrap();
+    let seg = small(SegmentOptions::file(&path).no_heap())
+        .create()
+        .unwrap();
     assert_eq!(seg.kind(), SegmentKind::File);
     counter(&seg).store(MAGIC, Ordering::Release);
     share_with_child(
@@ -202,13 +207,13 @@ fn a_file_segment_is_shared_and_persists_after_every_process_exits() {
     let c = ChildGuard::spawn("file-reopen", p, Stdio::null());
     c.expect("persisted ok");
     c.finish();
-    SegmentOptions::file(&path).remove().unwrap();
+    SegmentOptions::file(&path).no_heap().remove().unwrap();
     assert!(!path.exists());
 }
 
 #[test]
 fn a_memfd_segment_is_passed_over_a_unix_socket() {
-    let seg = small(SegmentOptions::memfd()).create().unwrap();
+    let seg = small(SegmentOptions::memfd().no_heap()).create().unwrap();
     assert_eq!(seg.kind(), SegmentKind::Memfd);
     counter(&seg).store(MAGIC, Ordering::Release);
     let (ours, theirs) = UnixStream::pair().unwrap();
@@ -219,7 +224,9 @@ fn a_memfd_segment_is_passed_over_a_unix_socket() {
 
 #[test]
 fn a_sysv_segment_is_opened_by_an_id_in_the_environment() {
-    let seg = small(SegmentOptions::sysv_private()).create().unwrap();
+    let seg = small(SegmentOptions::sysv_private().no_heap())
+        .create()
+        .unwrap();
     assert_eq!(seg.kind(), SegmentKind::SysV);
     let id = seg.sysv_id().unwrap();
     counter(&seg).store(MAGIC, Ordering::Release);
@@ -230,7 +237,7 @@ fn a_sysv_segment_is_opened_by_an_id_in_the_environment() {
     drop(seg);
     // The creator's drop removed it.
     assert!(matches!(
-        SegmentOptions::sysv_id(id).open(),
+        SegmentOptions::sysv_id(id).no_heap().open(),
         Err(Error::NotFound(_))
     ));
 }
@@ -238,21 +245,23 @@ fn a_sysv_segment_is_opened_by_an_id_in_the_environment() {
 #[test]
 fn a_sysv_segment_is_created_and_removed_by_key() {
     let key = 0x5100_0000 | (std::process::id() as i32 & 0xffff);
-    let _ = SegmentOptions::sysv(key).remove();
-    let mut seg = small(SegmentOptions::sysv(key)).create().unwrap();
+    let _ = SegmentOptions::sysv(key).no_heap().remove();
+    let mut seg = small(SegmentOptions::sysv(key).no_heap()).create().unwrap();
     seg.persist();
-    let peer = SegmentOptions::sysv(key).open().unwrap();
+    let peer = SegmentOptions::sysv(key).no_heap().open().unwrap();
     assert_eq!(peer.seed(), seg.seed());
     assert!(matches!(
-        small(SegmentOptions::sysv(key)).create(),
+        small(SegmentOptions::sysv(key).no_heap()).create(),
         Err(Error::AlreadyExists(_))
     ));
-    let (again, how) = small(SegmentOptions::sysv(key)).open_or_create().unwrap();
+    let (again, how) = small(SegmentOptions::sysv(key).no_heap())
+        .open_or_create()
+        .unwrap();
     assert_eq!(how, Opened::Existing);
     drop(again);
-    SegmentOptions::sysv(key).remove().unwrap();
+    SegmentOptions::sysv(key).no_heap().remove().unwrap();
     assert!(matches!(
-        SegmentOptions::sysv(key).open(),
+        SegmentOptions::sysv(key).no_heap().open(),
         Err(Error::NotFound(_))
     ));
     // Attached handles keep working after removal.
@@ -261,7 +270,9 @@ fn a_sysv_segment_is_created_and_removed_by_key() {
 
 #[test]
 fn an_anonymous_segment_is_shared_with_a_forked_child() {
-    let seg = small(SegmentOptions::anonymous()).create().unwrap();
+    let seg = small(SegmentOptions::anonymous().no_heap())
+        .create()
+        .unwrap();
     assert_eq!(seg.kind(), SegmentKind::Anonymous);
     counter(&seg).store(MAGIC, Ordering::Release);
     // Prepare everything the child needs before fork: it only touches atomics and
@@ -293,19 +304,37 @@ fn an_anonymous_segment_is_shared_with_a_forked_child() {
 #[test]
 fn bad_sizes_are_refused_with_the_reason() {
     let cases: [(SegmentOptions, &str); 7] = [
-        (SegmentOptions::heap().max_size(0), "max_size is 0"),
-        (SegmentOptions::heap().max_size(12345), "not a multiple"),
-        (SegmentOptions::heap().max_size(1 << 50), "exceeds 64 GiB"),
-        (SegmentOptions::heap().max_size(4096), "cannot hold"),
         (
-            SegmentOptions::heap().max_size(1 << 20).committed(2 << 20),
+            SegmentOptions::heap().no_heap().max_size(0),
+            "max_size is 0",
+        ),
+        (
+            SegmentOptions::heap().no_heap().max_size(12345),
+            "not a multiple",
+        ),
+        (
+            SegmentOptions::heap().no_heap().max_size(1 << 50),
+            "exceeds 64 GiB",
+        ),
+        (
+            SegmentOptions::heap().no_heap().max_size(4096),
+            "cannot hold",
+        ),
+        (
+            SegmentOptions::heap()
+                .no_heap()
+                .max_size(1 << 20)
+                .committed(2 << 20),
             "exceeds max_size",
         ),
         (
-            SegmentOptions::heap().max_size(1 << 20).committed(5000),
+            SegmentOptions::heap()
+                .no_heap()
+                .max_size(1 << 20)
+                .committed(5000),
             "not a multiple",
         ),
-        (SegmentOptions::memfd().max_size(!4095), "exceeds"),
+        (SegmentOptions::memfd().no_heap().max_size(!4095), "exceeds"),
     ];
     for (opts, why) in cases {
         match opts.create() {
@@ -314,22 +343,25 @@ fn bad_sizes_are_refused_with_the_reason() {
         }
     }
     assert!(matches!(
-        SegmentOptions::heap().registry_slots(0).create(),
+        SegmentOptions::heap().no_heap().registry_slots(0).create(),
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
-        SegmentOptions::heap().registry_slots(1 << 20).create(),
+        SegmentOptions::heap()
+            .no_heap()
+            .registry_slots(1 << 20)
+            .create(),
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
-        SegmentOptions::memfd().mode(0o4600).create(),
+        SegmentOptions::memfd().no_heap().mode(0o4600).create(),
         Err(Error::InvalidArgument(_))
     ));
 }
 
 #[test]
 fn growth_beyond_the_maximum_is_refused_and_changes_nothing() {
-    let seg = small(SegmentOptions::memfd()).create().unwrap();
+    let seg = small(SegmentOptions::memfd().no_heap()).create().unwrap();
     let before = seg.committed();
     assert!(matches!(
         seg.commit(3 << 20),
@@ -348,24 +380,26 @@ fn growth_beyond_the_maximum_is_refused_and_changes_nothing() {
 fn opening_what_does_not_exist_is_not_found() {
     let name = shmkit::unique_name("seg-none-").unwrap();
     assert!(matches!(
-        SegmentOptions::posix(&name).open(),
+        SegmentOptions::posix(&name).no_heap().open(),
         Err(Error::NotFound(_))
     ));
     let path = std::env::temp_dir().join(&name);
     assert!(matches!(
-        SegmentOptions::file(&path).open(),
+        SegmentOptions::file(&path).no_heap().open(),
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        SegmentOptions::sysv_id(i32::MAX).open(),
+        SegmentOptions::sysv_id(i32::MAX).no_heap().open(),
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        SegmentOptions::sysv(0x7eed_0001).open(),
+        SegmentOptions::sysv(0x7eed_0001).no_heap().open(),
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        SegmentOptions::file("/nonexistent-dir/x").create(),
+        SegmentOptions::file("/nonexistent-dir/x")
+            .no_heap()
+            .create(),
         Err(Error::NotFound(_))
     ));
 }
@@ -373,15 +407,19 @@ fn opening_what_does_not_exist_is_not_found() {
 #[test]
 fn creating_what_exists_is_already_exists() {
     let name = shmkit::unique_name("seg-dup-").unwrap();
-    let _a = small(SegmentOptions::posix(&name)).create().unwrap();
+    let _a = small(SegmentOptions::posix(&name).no_heap())
+        .create()
+        .unwrap();
     assert!(matches!(
-        small(SegmentOptions::posix(&name)).create(),
+        small(SegmentOptions::posix(&name).no_heap()).create(),
         Err(Error::AlreadyExists(_))
     ));
     let path = std::env::temp_dir().join(&name);
-    let _f = small(SegmentOptions::file(&path)).create().unwrap();
+    let _f = small(SegmentOptions::file(&path).no_heap())
+        .create()
+        .unwrap();
     assert!(matches!(
-        small(SegmentOptions::file(&path)).create(),
+        small(SegmentOptions::file(&path).no_heap()).create(),
         Err(Error::AlreadyExists(_))
     ));
 }
@@ -389,10 +427,10 @@ fn creating_what_exists_is_already_exists() {
 #[test]
 fn kinds_without_a_name_refuse_name_operations() {
     for opts in [
-        SegmentOptions::memfd(),
-        SegmentOptions::anonymous(),
-        SegmentOptions::heap(),
-        SegmentOptions::sysv_private(),
+        SegmentOptions::memfd().no_heap(),
+        SegmentOptions::anonymous().no_heap(),
+        SegmentOptions::heap().no_heap(),
+        SegmentOptions::sysv_private().no_heap(),
     ] {
         assert!(
             matches!(opts.open(), Err(Error::InvalidArgument(_))),
@@ -404,10 +442,10 @@ fn kinds_without_a_name_refuse_name_operations() {
         );
     }
     assert!(matches!(
-        SegmentOptions::sysv_id(1).create(),
+        SegmentOptions::sysv_id(1).no_heap().create(),
         Err(Error::InvalidArgument(_))
     ));
-    let heap = SegmentOptions::heap().create().unwrap();
+    let heap = SegmentOptions::heap().no_heap().create().unwrap();
     let (a, _b) = UnixStream::pair().unwrap();
     assert!(matches!(heap.send_fd(&a), Err(Error::InvalidArgument(_))));
 }
@@ -460,7 +498,7 @@ fn a_received_descriptor_without_seals_is_refused() {
     let fd: OwnedFd = f.into();
     drop(a);
     assert!(matches!(
-        SegmentOptions::memfd().open_fd(fd),
+        SegmentOptions::memfd().no_heap().open_fd(fd),
         Err(Error::SealsMissing { .. })
     ));
     drop(b);
@@ -519,7 +557,9 @@ fn fix_checksum(img: &mut [u8]) {
 /// A persisted posix segment's bytes, modified by `edit`, written back; then open.
 fn open_after(edit: impl FnOnce(&mut Vec<u8>)) -> shmkit::Result<Segment> {
     let name = shmkit::unique_name("seg-corrupt-").unwrap();
-    let mut seg = small(SegmentOptions::posix(&name)).create().unwrap();
+    let mut seg = small(SegmentOptions::posix(&name).no_heap())
+        .create()
+        .unwrap();
     seg.persist();
     drop(seg);
     let path = format!("/dev/shm/{name}");
@@ -533,9 +573,10 @@ fn open_after(edit: impl FnOnce(&mut Vec<u8>)) -> shmkit::Result<Segment> {
     edit(&mut img);
     file.write_all_at(&img, 0).unwrap();
     let r = SegmentOptions::posix(&name)
+        .no_heap()
         .open_timeout(Duration::from_millis(300))
         .open();
-    SegmentOptions::posix(&name).remove().unwrap();
+    SegmentOptions::posix(&name).no_heap().remove().unwrap();
     r
 }
 
@@ -562,7 +603,7 @@ fn a_corrupt_header_is_a_typed_error_naming_the_cause() {
             e,
             Error::VersionMismatch {
                 found: 7,
-                expected: 1
+                expected: 2
             }
         ),
         "{e:?}"
@@ -628,15 +669,15 @@ fn foreign_files_are_refused_and_never_reclaimed() {
     // Not page-aligned in size.
     let p = dir.join(shmkit::unique_name("seg-odd-").unwrap());
     std::fs::write(&p, vec![7u8; 5000]).unwrap();
-    let e = SegmentOptions::file(&p).open().unwrap_err();
+    let e = SegmentOptions::file(&p).no_heap().open().unwrap_err();
     assert!(matches!(e, Error::Corrupt { what: "size", .. }), "{e:?}");
     // Shorter than a header, without our magic.
     std::fs::write(&p, vec![7u8; 100]).unwrap();
-    let e = SegmentOptions::file(&p).open().unwrap_err();
+    let e = SegmentOptions::file(&p).no_heap().open().unwrap_err();
     assert!(matches!(e, Error::Corrupt { what: "size", .. }), "{e:?}");
     // Page-aligned garbage: not ours, refused at once.
     std::fs::write(&p, vec![0xa5u8; 8192]).unwrap();
-    let e = SegmentOptions::file(&p).open().unwrap_err();
+    let e = SegmentOptions::file(&p).no_heap().open().unwrap_err();
     assert!(
         matches!(e, Error::BadMagic { found } if found == [0xa5; 8]),
         "{e:?}"
@@ -646,6 +687,7 @@ fn foreign_files_are_refused_and_never_reclaimed() {
     std::fs::write(&p, vec![0u8; 8192]).unwrap();
     let t = Instant::now();
     let e = SegmentOptions::file(&p)
+        .no_heap()
         .open_timeout(Duration::from_millis(500))
         .open()
         .unwrap_err();
@@ -657,6 +699,7 @@ fn foreign_files_are_refused_and_never_reclaimed() {
     // Empty: nobody ever sized it.
     std::fs::write(&p, b"").unwrap();
     let e = SegmentOptions::file(&p)
+        .no_heap()
         .open_timeout(Duration::from_millis(500))
         .open()
         .unwrap_err();
@@ -668,7 +711,7 @@ fn foreign_files_are_refused_and_never_reclaimed() {
     // ours: the user's files survive, and the error names the cause.
     for contents in [vec![0u8; 8192], Vec::new(), vec![0xa5u8; 8192]] {
         std::fs::write(&p, &contents).unwrap();
-        let e = small(SegmentOptions::file(&p))
+        let e = small(SegmentOptions::file(&p).no_heap())
             .open_or_create()
             .unwrap_err();
         assert!(matches!(e, Error::BadMagic { .. }), "{e:?}");
@@ -680,21 +723,25 @@ fn foreign_files_are_refused_and_never_reclaimed() {
     half[..8].copy_from_slice(b"SHMKIT\x00\x01");
     half[8] = 1; // Initializing
     std::fs::write(&p, &half).unwrap();
-    let e = SegmentOptions::file(&p).open().unwrap_err();
+    let e = SegmentOptions::file(&p).no_heap().open().unwrap_err();
     assert!(matches!(e, Error::CreatorDied { state: 1 }), "{e:?}");
-    let (seg, how) = small(SegmentOptions::file(&p)).open_or_create().unwrap();
+    let (seg, how) = small(SegmentOptions::file(&p).no_heap())
+        .open_or_create()
+        .unwrap();
     assert_eq!(how, Opened::Created);
     drop(seg);
     assert!(!p.exists());
     // The same with only the magic written (the in-place creator's first write).
     std::fs::write(&p, b"SHMKIT\x00\x01").unwrap();
-    let e = SegmentOptions::file(&p).open().unwrap_err();
+    let e = SegmentOptions::file(&p).no_heap().open().unwrap_err();
     assert!(matches!(e, Error::CreatorDied { state: 0 }), "{e:?}");
-    let (seg, how) = small(SegmentOptions::file(&p)).open_or_create().unwrap();
+    let (seg, how) = small(SegmentOptions::file(&p).no_heap())
+        .open_or_create()
+        .unwrap();
     assert_eq!(how, Opened::Created);
     drop(seg);
     // A directory is not a segment.
-    let e = SegmentOptions::file(&dir).open().unwrap_err();
+    let e = SegmentOptions::file(&dir).no_heap().open().unwrap_err();
     assert!(
         matches!(e, Error::NotRegularFile(_) | Error::Os { .. }),
         "{e:?}"
@@ -707,6 +754,7 @@ fn a_huge_open_timeout_means_no_deadline_not_a_panic() {
     std::fs::write(&p, vec![0u8; 8192]).unwrap();
     // Nobody holds the init lock: the grace period ends the wait, not a deadline.
     let e = SegmentOptions::file(&p)
+        .no_heap()
         .open_timeout(Duration::MAX)
         .open()
         .unwrap_err();
@@ -718,7 +766,9 @@ fn a_huge_open_timeout_means_no_deadline_not_a_panic() {
 fn a_file_segment_writes_its_contents_through() {
     // The mapping is MAP_SHARED: what one handle writes, the file holds.
     let path = std::env::temp_dir().join(shmkit::unique_name("seg-wt-").unwrap());
-    let seg = small(SegmentOptions::file(&path)).create().unwrap();
+    let seg = small(SegmentOptions::file(&path).no_heap())
+        .create()
+        .unwrap();
     counter(&seg).store(MAGIC, Ordering::Release);
     let mut f = std::fs::File::open(&path).unwrap();
     let mut buf = [0u8; 8];

@@ -28,6 +28,7 @@ unsafe impl ShmSafe for Pair {}
 
 fn heap() -> Segment {
     SegmentOptions::heap()
+        .no_heap()
         .max_size(4 << 20)
         .committed(1 << 20)
         .create()
@@ -317,6 +318,7 @@ fn child_main() {
         return;
     };
     let seg = SegmentOptions::posix(&std::env::var(NAME).unwrap())
+        .no_heap()
         .open()
         .unwrap();
     let m = mutex_in::<Pair>(&seg, 0);
@@ -359,6 +361,7 @@ fn finish(mut k: common::LineChild) {
 fn posix_with_mutex() -> (Segment, String) {
     let name = shmkit::unique_name("sync-").unwrap();
     let seg = SegmentOptions::posix(&name)
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .create()
@@ -1025,6 +1028,7 @@ fn releasing_permits_a_handle_does_not_hold_is_refused() {
 #[test]
 fn a_handle_outside_the_ledger_is_refused() {
     let seg = SegmentOptions::heap()
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .registry_slots(8)
@@ -1234,6 +1238,7 @@ fn a_ledger_operation_cut_short_by_a_crash_is_repaired_from_the_ledger() {
 #[test]
 fn a_release_of_nothing_by_a_dead_holders_heir_loses_no_permit() {
     let seg = SegmentOptions::heap()
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .registry_slots(2)
@@ -1540,6 +1545,7 @@ fn child_main_for_the_other_primitives() {
         return;
     };
     let seg = SegmentOptions::posix(&std::env::var(NAME).unwrap())
+        .no_heap()
         .open()
         .unwrap();
     let forever = || std::thread::sleep(Duration::from_secs(600));
@@ -1640,6 +1646,7 @@ fn kin(role: &str, name: &str) -> common::LineChild {
 fn posix_with_everything() -> (Segment, String) {
     let name = shmkit::unique_name("sync-kin-").unwrap();
     let seg = SegmentOptions::posix(&name)
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .create()
@@ -1961,6 +1968,7 @@ fn a_killed_sleeping_process_does_not_break_later_sets() {
 fn an_inherited_handle_locks_for_nobody_in_a_forked_child() {
     let _dog = watchdog("an_inherited_handle_locks_for_nobody_in_a_forked_child");
     let seg = SegmentOptions::anonymous()
+        .no_heap()
         .max_size(1 << 20)
         .committed(64 << 10)
         .create()

@@ -70,9 +70,10 @@ pub(crate) use owner::{is_stamped, shared_stamped};
 pub use pool::Reclaimed;
 #[cfg(not(loom))]
 pub(crate) use seg_mem::ROOT_WORDS;
+pub(crate) use seg_mem::{Layout as HeapLayout, build as build_heap};
 pub use stats::{ClassStats, OwnerStats, Stats};
-pub use string::ShmString;
-pub use vec::ShmVec;
+pub use string::{ShmString, StringHeader, Utf8};
+pub use vec::{ShmVec, VecHeader};
 pub use verify::{Report, Violation};
 
 /// The lock-free core, for the loom models in `tests/loom_heap.rs`. Not a stable

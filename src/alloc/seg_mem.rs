@@ -16,8 +16,6 @@ use super::pool::TransferLock;
 
 /// `state` of a heap whose header is built.
 pub const READY: u64 = 0x0048_4541_5052_4459; // "HEAPRDY"
-/// `state` bit of a heap being built (the builder's owner tag below it).
-pub const BUILDING: u64 = 1 << 63;
 /// Format version of the heap metadata.
 pub const VERSION: u64 = 2;
 /// Magic of the heap header.
@@ -35,7 +33,7 @@ pub struct Line {
 #[repr(C)]
 #[derive(Debug)]
 pub struct HeapHeader {
-    /// 0, `BUILDING | builder`, or `READY`.
+    /// `READY` from creation on (anything else is damage).
     pub state: AtomicU64,
     /// Everything else, written once by the builder before `READY`.
     pub body: HeapBody,
@@ -68,6 +66,67 @@ pub struct HeapBody {
     /// Zeroed at build and never touched by the heap: the roots of the structures
     /// built on it (the directory), which every process finds here.
     pub roots: [AtomicU64; ROOT_WORDS],
+}
+
+/// Builds the heap header of a segment being created, before the segment is
+/// `Ready` (so nobody else can see it): the body, then `READY`.
+///
+/// # Safety
+///
+/// `base` is the start of a mapping of at least `lay.pd_off` committed bytes that
+/// no other thread or process reads or writes until the segment is published.
+pub(crate) unsafe fn build(base: *mut u8, lay: &Layout) {
+    // SAFETY: heap_off + size_of::<HeapHeader>() <= pd_off, inside the committed
+    // mapping (caller); page-aligned; exclusively ours until publication (caller).
+    unsafe {
+        let h = base.add(lay.heap_off as usize).cast::<HeapHeader>();
+        std::ptr::addr_of_mut!((*h).body).write(HeapBody::new(lay));
+        // SYNC: Release publishes the body; pairs with the Acquire in `attach`
+        // (the segment's Ready publication orders it for openers as well).
+        std::ptr::addr_of_mut!((*h).state).write(AtomicU64::new(READY));
+    }
+}
+
+/// The error for a heap header whose state word is not `READY`.
+#[cold]
+fn overwritten(state: u64, at: u64) -> Error {
+    Error::corrupt(
+        "heap header",
+        format!(
+            "state word {state:#x} at {at:#x}, but the segment header records a heap \
+             built there at creation: the heap header was overwritten (never rebuilt, \
+             live blocks may be there)"
+        ),
+    )
+}
+
+/// Checks magic, version and layout words of a built heap header.
+fn check_body(hdr: &HeapBody, lay: &Layout) -> Result<()> {
+    let magic = hdr.magic.load(Ordering::Relaxed);
+    if magic != MAGIC {
+        return Err(Error::corrupt(
+            "heap header",
+            format!("magic {magic:#x}, expected {MAGIC:#x} (overwritten?)"),
+        ));
+    }
+    let version = hdr.version.load(Ordering::Relaxed);
+    if version != VERSION {
+        return Err(Error::corrupt(
+            "heap header",
+            format!("format version {version}, this build reads {VERSION}"),
+        ));
+    }
+    let stored = hdr.layout.each_ref().map(|w| w.load(Ordering::Relaxed));
+    if stored != lay.words() {
+        return Err(Error::corrupt(
+            "heap header",
+            format!(
+                "layout {stored:?} differs from the segment header's {:?}",
+                lay.words()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Words in [`HeapBody::roots`].
@@ -188,7 +247,16 @@ impl SegMem {
     /// Layout, commit and corruption errors; [`Error::NotReady`] if another
     /// process is building it and does not finish in time.
     pub fn attach(seg: &Segment) -> Result<Self> {
-        let lay = Layout::new(seg.user_offset(), seg.max_size())?;
+        let Some(heap_offset) = seg.heap_offset() else {
+            return Err(Error::RegionInUse {
+                by: "raw placement",
+                detail: "this segment was made with SegmentOptions::no_heap(): its user \
+                         region has no heap (and so no directory)"
+                    .into(),
+            });
+        };
+        // The header snapshot validated this layout at open; recomputed, not stored.
+        let lay = Layout::new(heap_offset, seg.max_size())?;
         if seg.committed() < lay.data_off {
             seg.commit(lay.data_off)?;
         }
@@ -199,78 +267,21 @@ impl SegMem {
         // SAFETY: in bounds and aligned (above); an atomic, any bits valid; the
         // reference borrows `seg`, which keeps the mapping.
         let state = unsafe { &*std::ptr::addr_of!((*header_ptr).state) };
-        let me = seg.owner_tag();
-        if me.is_nobody() {
+        if seg.owner_tag().is_nobody() {
             return Err(Error::InvalidArgument(
                 "this handle acts for no registry slot (forked without after_fork?)",
             ));
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            // SYNC: Acquire pairs with the Release store of READY below (in the
-            // builder): the body is complete before we read it.
-            let s = state.load(Ordering::Acquire);
-            if s == READY {
-                break;
-            }
-            let take = if s == 0 {
-                true
-            } else if s & BUILDING != 0 {
-                !seg.is_owner_alive(crate::OwnerTag::from_word(s))
-            } else {
-                return Err(Error::corrupt("heap header", format!("state {s:#x}")));
-            };
-            // SYNC: Acquire on winning orders our body writes after the CAS; the
-            // body is published by the Release store of READY below.
-            if take
-                && state
-                    .compare_exchange(
-                        s,
-                        BUILDING | me.bits(),
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                // Built through the mapping's base pointer, not the shared reference.
-                // SAFETY: we hold BUILDING, so nobody reads the body until READY;
-                // in bounds and aligned as above.
-                unsafe { std::ptr::addr_of_mut!((*header_ptr).body).write(HeapBody::new(&lay)) };
-                // SYNC: Release publishes the body; pairs with the Acquire above.
-                state.store(READY, Ordering::Release);
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    state: (s >> 32) as u32,
-                    waited: std::time::Duration::from_secs(2),
-                });
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        // SYNC: Acquire pairs with the Release store of READY in `build` (and the
+        // segment's own Ready publication after it): the body is complete.
+        let s = state.load(Ordering::Acquire);
+        if s != READY {
+            return Err(overwritten(s, lay.heap_off));
         }
         // SAFETY: in bounds and aligned (above); built (READY); atomics and robust
         // locks only (any bits valid, shared access is their purpose); borrows `seg`.
         let hdr: &HeapBody = unsafe { &*std::ptr::addr_of!((*header_ptr).body) };
-        if hdr.magic.load(Ordering::Relaxed) != MAGIC {
-            return Err(Error::corrupt("heap header", "bad magic"));
-        }
-        let version = hdr.version.load(Ordering::Relaxed);
-        if version != VERSION {
-            return Err(Error::corrupt(
-                "heap header",
-                format!("format version {version}, this build reads {VERSION}"),
-            ));
-        }
-        let stored = hdr.layout.each_ref().map(|w| w.load(Ordering::Relaxed));
-        if stored != lay.words() {
-            return Err(Error::corrupt(
-                "heap header",
-                format!(
-                    "layout {stored:?} differs from this segment's {:?}",
-                    lay.words()
-                ),
-            ));
-        }
+        check_body(hdr, &lay)?;
         Ok(Self {
             seg: seg.clone(),
             base,
@@ -278,6 +289,28 @@ impl SegMem {
             committed: Cell::new(seg.committed()),
             hdr: std::ptr::NonNull::from(hdr),
         })
+    }
+
+    /// Checks the heap header against the layout the segment header records:
+    /// state, magic, version and layout words. What `verify` and `attach` ask.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] naming the first word found wrong.
+    pub fn check_header(&self) -> Result<()> {
+        // SAFETY: heap_off is inside the mapping `self.seg` keeps (checked in
+        // `attach`), aligned; the state word is an atomic, any bits valid.
+        let state = unsafe {
+            &*self
+                .base
+                .add(self.lay.heap_off as usize)
+                .cast::<AtomicU64>()
+        };
+        let s = state.load(Ordering::Relaxed);
+        if s != READY {
+            return Err(overwritten(s, self.lay.heap_off));
+        }
+        check_body(self.hdr(), &self.lay)
     }
 
     /// The header body.

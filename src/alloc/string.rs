@@ -1,9 +1,18 @@
 //! [`ShmString`]: UTF-8 text in the shared heap.
 
-use crate::{Error, Result};
+use crate::{Error, Offset, Result};
 
 use super::heap::Heap;
-use super::vec::ShmVec;
+use super::vec::{ShmVec, VecHeader};
+
+/// The header block of a [`ShmString`] in the segment (laid out as a
+/// `ShmVec<u8>`'s): what the typed offset from [`ShmString::into_shared`] points
+/// at.
+pub type StringHeader = VecHeader<Utf8>;
+
+/// Marks a [`StringHeader`]'s bytes as text (checked to be UTF-8 on every read).
+#[derive(Debug)]
+pub enum Utf8 {}
 
 /// A growable UTF-8 string in the shared heap (a [`ShmVec<u8>`] underneath). Its
 /// bytes live in shared memory, so reading it back checks they are still UTF-8.
@@ -136,11 +145,11 @@ impl<'h> ShmString<'h> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// assert!(shmkit::alloc::ShmString::new(&heap)?.offset() > 0);
+    /// assert!(shmkit::alloc::ShmString::new(&heap)?.offset().get() > 0);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn offset(&self) -> u64 {
-        self.bytes.offset()
+    pub fn offset(&self) -> Offset<StringHeader> {
+        self.bytes.offset().cast()
     }
 
     /// Publishes it for another process (see [`ShmVec::into_shared`]).
@@ -159,8 +168,8 @@ impl<'h> ShmString<'h> {
     /// assert_eq!(s.to_string()?, "hi");
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn into_shared(self) -> Result<u64> {
-        self.bytes.into_shared()
+    pub fn into_shared(self) -> Result<Offset<StringHeader>> {
+        Ok(self.bytes.into_shared()?.cast())
     }
 
     /// Takes over a published string (see [`ShmVec::from_shared`]).
@@ -172,9 +181,9 @@ impl<'h> ShmString<'h> {
     /// # Examples
     ///
     /// See [`into_shared`](Self::into_shared).
-    pub fn from_shared(heap: &'h Heap, header: u64) -> Result<Self> {
+    pub fn from_shared(heap: &'h Heap, header: Offset<StringHeader>) -> Result<Self> {
         Ok(Self {
-            bytes: ShmVec::from_shared(heap, header)?,
+            bytes: ShmVec::from_shared(heap, header.cast())?,
         })
     }
 }

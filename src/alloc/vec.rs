@@ -5,13 +5,23 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 
 use crate::loom::{AtomicU64, Ordering};
-use crate::{Error, Result, ShmSafe};
+use crate::{Error, Offset, Result, ShmSafe};
 
 use super::heap::Heap;
 use super::mem::Mem;
 
 /// Words of the header block: data offset, length, capacity.
 const HEADER: usize = 24;
+
+/// The header block of a [`ShmVec<T>`] in the segment (data offset, length and
+/// capacity words): what the typed offset from [`ShmVec::into_shared`] points at.
+/// Only ever named through an [`Offset`]; its words are read by
+/// [`ShmVec::from_shared`], which checks them.
+#[repr(C, align(8))]
+pub struct VecHeader<T> {
+    _words: [u64; 3],
+    _t: PhantomData<T>,
+}
 
 /// A growable array of `T` in the shared heap, reallocating through it.
 ///
@@ -121,8 +131,9 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// # Examples
     ///
     /// See [`ShmVec`].
-    pub fn from_shared(heap: &'h Heap, header: u64) -> Result<Self> {
+    pub fn from_shared(heap: &'h Heap, header: Offset<VecHeader<T>>) -> Result<Self> {
         const { assert!(size_of::<T>() > 0, "ShmVec of a zero-sized type") };
+        let header = header.get();
         // Adopt first, then check: once ours, the block cannot change under us.
         heap.adopt(header)?;
         if heap.usable_size(header)? < HEADER as u64 {
@@ -184,7 +195,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// # Examples
     ///
     /// See [`ShmVec`].
-    pub fn into_shared(self) -> Result<u64> {
+    pub fn into_shared(self) -> Result<Offset<VecHeader<T>>> {
         let (heap, header, data) = (self.heap, self.header, self.data.get());
         self.store_header()?;
         std::mem::forget(self);
@@ -192,7 +203,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
             heap.publish(data)?;
         }
         heap.publish(header)?;
-        Ok(header)
+        Ok(Offset::new(header))
     }
 
     /// The header's offset.
@@ -203,11 +214,11 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
     /// let v = shmkit::alloc::ShmVec::<u8>::new(&heap)?;
-    /// assert!(v.offset() > 0);
+    /// assert!(v.offset().get() > 0);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn offset(&self) -> u64 {
-        self.header
+    pub fn offset(&self) -> Offset<VecHeader<T>> {
+        Offset::new(self.header)
     }
 
     /// Number of elements.

@@ -338,6 +338,10 @@ impl Heap {
             s.size = SIZES[c];
         }
         let mem = &self.mem;
+        if let Err(e) = mem.check_header() {
+            // Against the segment header's record of the heap (fixed at creation).
+            w.bad("heap header overwritten", mem.lay.heap_off, e.to_string());
+        }
         let committed = self.segment().committed();
         w.stats.committed = committed.saturating_sub(mem.lay.heap_off);
         w.stats.metadata = mem.lay.data_off - mem.lay.heap_off;
@@ -384,7 +388,8 @@ impl Heap {
         (w.stats, w.out)
     }
 
-    /// Checks the whole heap and returns what is wrong: every run in range and
+    /// Checks the whole heap and returns what is wrong: the heap header against the
+    /// segment header's record of it, every run in range and
     /// tiling the pages, every block aligned and in its span, every owner word
     /// valid, the free lists acyclic, holding only free blocks of their class, and
     /// (when the lists could be held still) every free block on a list; and

@@ -14,8 +14,8 @@ use crate::layout::ShmSafe;
 /// ([`Segment::resolve`](crate::Segment::resolve) for shared atomics,
 /// [`Segment::read`](crate::Segment::read) / [`Segment::write`](crate::Segment::write)
 /// for plain data), which checks that it is non-null, aligned for `T` and that the
-/// whole `T` lies inside the user region (past the header and registry, below the
-/// committed size). An `Offset` read from shared memory is therefore safe to use
+/// whole `T` lies inside the segment's [raw region](crate::Segment::raw_region)
+/// (past the header and registry, outside any heap, below the committed size). An `Offset` read from shared memory is therefore safe to use
 /// whatever a peer wrote into it.
 ///
 /// # Examples
@@ -23,7 +23,7 @@ use crate::layout::ShmSafe;
 /// ```
 /// use shmkit::{Offset, SegmentOptions};
 ///
-/// let seg = SegmentOptions::heap().max_size(1 << 20).committed(64 << 10).create()?;
+/// let seg = SegmentOptions::heap().no_heap().committed(64 << 10).create()?;
 /// let off: Offset<u64> = Offset::new(seg.user_offset());
 /// // SAFETY: this program views these offsets as u64 only, from one thread.
 /// unsafe {

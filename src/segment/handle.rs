@@ -220,7 +220,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// let seg = shmkit::SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let seg = shmkit::SegmentOptions::heap().no_heap().committed(64 << 10).create()?;
     /// assert_eq!(seg.committed(), 64 << 10);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -270,7 +270,8 @@ impl Segment {
         Ok(self.committed())
     }
 
-    /// The first offset past the header and registry: where the heap begins.
+    /// The first offset past the header and registry: where the user region (the
+    /// [raw region](Self::raw_region), then the heap) begins.
     ///
     /// # Examples
     ///
@@ -281,6 +282,79 @@ impl Segment {
     /// ```
     pub fn user_offset(&self) -> u64 {
         self.inner.fields.user_offset
+    }
+
+    /// Whether the segment has a heap (the default; see
+    /// [`SegmentOptions::no_heap`](crate::SegmentOptions::no_heap)). Fixed at
+    /// creation and recorded in the checksummed header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(shmkit::SegmentOptions::heap().create()?.has_heap());
+    /// assert!(!shmkit::SegmentOptions::heap().no_heap().create()?.has_heap());
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn has_heap(&self) -> bool {
+        self.inner.fields.heap_offset != 0
+    }
+
+    /// Where the heap's header is, if the segment has a heap: the end of the
+    /// [raw region](Self::raw_region).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().create()?;
+    /// assert_eq!(seg.heap_offset(), Some(seg.user_offset()));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn heap_offset(&self) -> Option<u64> {
+        Some(self.inner.fields.heap_offset).filter(|&o| o != 0)
+    }
+
+    /// The raw region: the offsets where [`resolve`](Self::resolve),
+    /// [`resolve_ptr`](Self::resolve_ptr), [`place`](Self::place),
+    /// [`read`](Self::read) and [`write`](Self::write) may place objects at fixed
+    /// offsets. The whole user region in a segment made with
+    /// [`no_heap`](crate::SegmentOptions::no_heap); the part reserved with
+    /// [`raw_region`](crate::SegmentOptions::raw_region) before the heap otherwise
+    /// (empty by default). Only its committed part can be used.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let seg = shmkit::SegmentOptions::heap().raw_region(8192).create()?;
+    /// assert_eq!(seg.raw_region(), seg.user_offset()..seg.user_offset() + 8192);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn raw_region(&self) -> std::ops::Range<u64> {
+        self.inner.fields.user_offset..self.inner.fields.raw_end
+    }
+
+    /// The error for a raw access that failed the bounds check: `RegionInUse` if it
+    /// reached into the heap, the check's own error otherwise.
+    #[cold]
+    fn outside_raw(&self, off: u64, size: u64, e: Error) -> Error {
+        let f = &self.inner.fields;
+        let reaches_heap = f.heap_offset != 0
+            && off >= f.user_offset
+            && off.saturating_add(size) > f.raw_end
+            && off < f.max_size;
+        if reaches_heap {
+            Error::RegionInUse {
+                by: "the heap",
+                detail: format!(
+                    "raw placement at {off:#x} (+{size} B) reaches past the raw region \
+                     [{:#x}, {:#x}) into the heap; reserve room with \
+                     SegmentOptions::raw_region, make the segment with no_heap(), \
+                     or allocate the object from the heap or the directory",
+                    f.user_offset, f.raw_end
+                ),
+            }
+        } else {
+            e
+        }
     }
 
     /// The segment's random seed (for hash maps), the same in every process.
@@ -826,7 +900,7 @@ impl Segment {
     /// ```
     /// use shmkit::{Offset, SegmentOptions};
     /// use std::sync::atomic::{AtomicU32, Ordering};
-    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let seg = SegmentOptions::heap().no_heap().committed(64 << 10).create()?;
     /// // SAFETY: this program views this offset as an AtomicU32 only.
     /// let word = unsafe { seg.resolve(Offset::<AtomicU32>::new(seg.user_offset()))? };
     /// word.store(5, Ordering::Relaxed);
@@ -852,7 +926,7 @@ impl Segment {
     ///
     /// ```
     /// use shmkit::{Offset, SegmentOptions};
-    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let seg = SegmentOptions::heap().no_heap().committed(64 << 10).create()?;
     /// let p = seg.resolve_ptr(Offset::<[u8; 16]>::new(seg.user_offset()))?;
     /// assert_eq!(p.as_ptr() as usize, seg.as_ptr() as usize + seg.user_offset() as usize);
     /// # Ok::<(), shmkit::Error>(())
@@ -864,7 +938,12 @@ impl Segment {
                 "segment types may not be aligned above the page size"
             )
         };
-        let off = offset.check(self.inner.fields.user_offset, self.committed())?;
+        let f = &self.inner.fields;
+        let hi = self.committed().min(f.raw_end);
+        let off = match offset.check(f.user_offset, hi) {
+            Ok(off) => off,
+            Err(e) => return Err(self.outside_raw(offset.get(), size_of::<T>() as u64, e)),
+        };
         // SAFETY: `check` proved user_offset <= off and off + size_of::<T>() <=
         // committed <= mapping length, so the pointer stays inside our mapping (one
         // allocation); the base is non-null.
@@ -920,7 +999,7 @@ impl Segment {
     ///
     /// ```
     /// use shmkit::{Offset, SegmentOptions};
-    /// let seg = SegmentOptions::heap().committed(64 << 10).create()?;
+    /// let seg = SegmentOptions::heap().no_heap().committed(64 << 10).create()?;
     /// let at = Offset::<[u32; 4]>::new(seg.user_offset());
     /// // SAFETY: this program views this offset as [u32; 4] only, from one thread.
     /// unsafe {

@@ -1,6 +1,6 @@
 //! The segment header at offset 0, and its validation.
 //!
-//! # Layout (format version 1, 4096 bytes reserved)
+//! # Layout (format version 2, 4096 bytes reserved)
 //!
 //! | offset | field          | written                                     |
 //! |--------|----------------|---------------------------------------------|
@@ -21,7 +21,7 @@ use crate::loom::{AtomicU32, AtomicU64};
 /// The magic bytes at offset 0.
 pub(crate) const MAGIC: [u8; 8] = *b"SHMKIT\x00\x01";
 /// The on-segment format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Bytes reserved for the header (the first page).
 pub(crate) const HEADER_SIZE: u64 = PAGE_SIZE;
 /// Largest segment (the tagged-offset limit).
@@ -56,8 +56,10 @@ pub(crate) struct HeaderFields {
     pub registry_slots: u32,
     pub slot_size: u32,
     pub user_offset: u64,
+    /// Where the heap header is; 0 in a segment made without a heap.
     pub heap_offset: u64,
-    pub directory_offset: u64,
+    /// End of the raw region `[user_offset, raw_end)`, which no heap manages.
+    pub raw_end: u64,
     pub reserved: [u64; 4],
     pub checksum: u64,
 }
@@ -111,7 +113,7 @@ impl HeaderFields {
             u64::from(self.slot_size),
             self.user_offset,
             self.heap_offset,
-            self.directory_offset,
+            self.raw_end,
         ]
         .into_iter()
         .chain(self.reserved)
@@ -190,7 +192,47 @@ impl HeaderFields {
         if self.user_offset % PAGE_SIZE != 0 || self.user_offset > self.max_size {
             return bad("user_offset", format!("{:#x}", self.user_offset));
         }
-        Ok(())
+        self.validate_region()
+    }
+
+    /// Checks who owns the user region: either no heap and a raw region to the end,
+    /// or a raw region of whole pages followed by a heap whose layout fits.
+    fn validate_region(&self) -> Result<()> {
+        let bad = |what, detail: String| Err(Error::corrupt(what, detail));
+        if self.raw_end < self.user_offset || self.raw_end > self.max_size {
+            return bad(
+                "raw_end",
+                format!(
+                    "{:#x} outside the user region [{:#x}, {:#x}]",
+                    self.raw_end, self.user_offset, self.max_size
+                ),
+            );
+        }
+        if self.heap_offset == 0 {
+            if self.raw_end != self.max_size {
+                return bad(
+                    "raw_end",
+                    format!(
+                        "{:#x} in a segment without a heap (must be max_size {:#x})",
+                        self.raw_end, self.max_size
+                    ),
+                );
+            }
+            return Ok(());
+        }
+        if self.raw_end % PAGE_SIZE != 0 || self.heap_offset != self.raw_end {
+            return bad(
+                "heap_offset",
+                format!(
+                    "{:#x} does not start at the page-aligned end of the raw region {:#x}",
+                    self.heap_offset, self.raw_end
+                ),
+            );
+        }
+        match crate::alloc::HeapLayout::new(self.heap_offset, self.max_size) {
+            Ok(_) => Ok(()),
+            Err(e) => bad("heap_offset", format!("{:#x}: {e}", self.heap_offset)),
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub trait LockTable {
     fn unlock(&self, i: u32);
     /// Whether a handle other than this one holds lock `i`.
     fn held_elsewhere(&self, i: u32) -> Result<bool>;
+    /// The first lock at index `i` or above held by another handle, if any (one
+    /// probe over the whole range for OFD locks).
+    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>>;
 }
 
 /// OFD locks on one byte per lock, through the given descriptor.
@@ -95,6 +98,17 @@ impl LockTable for OfdLocks<'_> {
         self.fcntl(libc::F_OFD_GETLK, &mut fl)
             .map_err(Error::at("fcntl(F_OFD_GETLK)"))?;
         Ok(i32::from(fl.l_type) != libc::F_UNLCK)
+    }
+
+    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>> {
+        let mut fl = Self::flock(libc::F_WRLCK, i);
+        fl.l_len = 0; // to the end of the byte space
+        self.fcntl(libc::F_OFD_GETLK, &mut fl)
+            .map_err(Error::at("fcntl(F_OFD_GETLK)"))?;
+        if i32::from(fl.l_type) == libc::F_UNLCK {
+            return Ok(None);
+        }
+        Ok(Some(u64::try_from(fl.l_start - LOCK_BASE).unwrap_or(0)))
     }
 }
 
@@ -165,5 +179,15 @@ impl LockTable for MemHandle<'_> {
         };
         let cur = w.load(Ordering::Acquire);
         Ok(cur != 0 && cur != self.token)
+    }
+
+    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>> {
+        for (j, w) in self.table.words.iter().enumerate().skip(i as usize) {
+            let cur = w.load(Ordering::Acquire);
+            if cur != 0 && cur != self.token {
+                return Ok(Some(j as u64));
+            }
+        }
+        Ok(None)
     }
 }

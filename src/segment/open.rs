@@ -33,11 +33,15 @@ const INIT_LOCK: u32 = 0;
 const CREATOR_GRACE: Duration = Duration::from_millis(100);
 
 impl SegmentOptions {
-    /// Creates a new segment; fails if it exists.
+    /// Creates a new segment; fails if it exists (unless
+    /// [`replace_stale`](Self::replace_stale) is set and nobody alive uses it).
+    /// Unless made with [`no_heap`](Self::no_heap), the segment's heap is built
+    /// here, before anyone can open it.
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyExists`], [`Error::InvalidName`], [`Error::InvalidSize`],
+    /// [`Error::AlreadyExists`], [`Error::InUse`] (with `replace_stale`, a live
+    /// segment), [`Error::InvalidName`], [`Error::InvalidSize`],
     /// [`Error::NoSpace`] when the backing store cannot hold the committed size, and
     /// [`Error::Os`] for other OS failures.
     ///
@@ -49,6 +53,23 @@ impl SegmentOptions {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn create(&self) -> Result<Segment> {
+        if !self.replace_stale {
+            return self.create_once();
+        }
+        let mut last = None;
+        for _ in 0..8 {
+            match self.create_once() {
+                Err(Error::AlreadyExists(w)) => {
+                    self.replace_if_stale()?;
+                    last = Some(Error::AlreadyExists(w));
+                }
+                r => return r,
+            }
+        }
+        Err(last.unwrap_or(Error::InvalidArgument("create did not converge")))
+    }
+
+    fn create_once(&self) -> Result<Segment> {
         let plan = self.plan()?;
         match &self.spec {
             Spec::Posix(name) => {
@@ -125,7 +146,8 @@ impl SegmentOptions {
 
     /// Opens the segment if it exists, otherwise creates it; says which happened.
     /// A segment left half-made by a creator that died is reclaimed (removed and
-    /// created afresh).
+    /// created afresh); with [`replace_stale`](Self::replace_stale), so is a
+    /// complete one whose every attached process is dead.
     ///
     /// # Errors
     ///
@@ -151,7 +173,7 @@ impl SegmentOptions {
         }
         let mut last = None;
         for _ in 0..16 {
-            match self.create() {
+            match self.create_once() {
                 Ok(s) => return Ok((s, Opened::Created)),
                 Err(Error::AlreadyExists(_)) => {}
                 Err(e @ Error::NotFound(_)) => {
@@ -160,6 +182,13 @@ impl SegmentOptions {
                     continue;
                 }
                 Err(e) => return Err(e),
+            }
+            if self.replace_stale {
+                match self.replace_if_stale() {
+                    Ok(true) => continue,
+                    Ok(false) | Err(Error::InUse { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
             match self.open() {
                 Ok(s) => return Ok((s, Opened::Existing)),
@@ -419,8 +448,8 @@ impl SegmentOptions {
             registry_slots: plan.slots,
             slot_size: size_of::<Slot>() as u32,
             user_offset: plan.user_offset,
-            heap_offset: 0,
-            directory_offset: 0,
+            heap_offset: plan.heap.map_or(0, |l| l.heap_off),
+            raw_end: plan.raw_end,
             reserved: [0; 4],
             checksum: 0,
         };
@@ -441,6 +470,11 @@ impl SegmentOptions {
             for i in 0..plan.slots as usize {
                 slots.add(i).write(Slot::new());
             }
+        }
+        if let Some(lay) = &plan.heap {
+            // SAFETY: `plan` made committed >= pd_off, the heap header's end; the
+            // segment is not Ready, so nobody else reads or writes it yet.
+            unsafe { crate::alloc::build_heap(map.ptr().as_ptr(), lay) };
         }
         if let Some(hook) = self.init_hook {
             hook();
@@ -544,7 +578,9 @@ impl SegmentOptions {
                 init::READY => break,
                 init::POISONED => return Err(Error::Poisoned),
                 init::UNINIT | init::INITIALIZING => {
-                    wait.judge(&store, s, magic)?;
+                    if let Err(e) = wait.judge(&store, s, magic) {
+                        return Err(published_evidence(&map, &store, s)?.unwrap_or(e));
+                    }
                     futex_wait(state, s, Some(Duration::from_millis(2)));
                 }
                 s => {
@@ -557,7 +593,113 @@ impl SegmentOptions {
         }
         // 3. Copy the immutable header once, check it, then use only the copy.
         let fields = snapshot(&map)?;
-        Segment::attach(StdArc::new(map), store, spec, ident, fields, false)
+        let seg = Segment::attach(StdArc::new(map), store, spec, ident, fields, false)?;
+        // 4. A replacer (`replace_stale`) holds the init lock from its check for
+        //    live slots to its unlink: once we hold a slot and the lock is free,
+        //    either it saw us (and refused) or the object is already unlinked.
+        self.check_not_replaced(&seg, &mut wait)?;
+        Ok(seg)
+    }
+
+    /// Step 4 of `open_store`: fails with `NotFound` if the object we attached was
+    /// removed under us by a replacer.
+    fn check_not_replaced(&self, seg: &Segment, wait: &mut Unready) -> Result<()> {
+        let store = &seg.inner.store;
+        while store.locks().held_elsewhere(INIT_LOCK)? {
+            if wait.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::NotReady {
+                    state: init::READY,
+                    waited: wait.start.elapsed(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let gone = match store {
+            Store::Fd(f) if seg.inner.ident.is_some() => fd::identity(f.as_fd())?.1 == 0,
+            Store::SysV { id, .. } => sysv::stat(*id)?.dest,
+            _ => false,
+        };
+        if gone {
+            return Err(Error::NotFound(
+                "the segment (removed or replaced while it was being opened)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// With `replace_stale`: removes the existing object at our name if it is a
+    /// shmkit segment that no live process is attached to. `Ok(true)` if it removed
+    /// it, `Ok(false)` if there was nothing to remove or someone else is creating,
+    /// reclaiming or replacing it; [`Error::InUse`] if live processes use it.
+    fn replace_if_stale(&self) -> Result<bool> {
+        let (store, what, unlink): (Store, String, Box<dyn Fn() -> Result<bool>>) = match &self.spec
+        {
+            Spec::Posix(_) | Spec::File(_) => {
+                let (path, what) = match &self.spec {
+                    Spec::Posix(n) => (fd::shm_path(names::validate(n)?), n.clone()),
+                    Spec::File(p) => (p.clone(), p.display().to_string()),
+                    _ => unreachable!("matched above"),
+                };
+                let fd = match fd::open(&path, false, 0, &what) {
+                    Ok(fd) => fd,
+                    Err(Error::NotFound(_)) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                fd::check_object(
+                    fd.as_fd(),
+                    &what,
+                    self.allow_foreign_owner,
+                    self.allow_shared_write,
+                )?;
+                let magic = fd::read_magic(fd.as_fd())?;
+                if magic != MAGIC {
+                    // Not provably ours (a foreign file, or a creator that has
+                    // not written its magic yet): never replaced.
+                    return Err(Error::BadMagic { found: magic });
+                }
+                let (ident, _) = fd::identity(fd.as_fd())?;
+                (
+                    Store::Fd(fd),
+                    what,
+                    Box::new(move || fd::unlink_if_same(&path, ident)),
+                )
+            }
+            Spec::SysV(Some(key)) => {
+                let id = match sysv::lookup(*key) {
+                    Ok(id) => id,
+                    Err(Error::NotFound(_)) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                let st = sysv::stat(id)?;
+                let me = rustix::process::geteuid().as_raw();
+                if st.uid != me && !self.allow_foreign_owner {
+                    return Err(Error::ForeignOwner {
+                        found: st.uid,
+                        expected: me,
+                    });
+                }
+                let map = sysv::attach(id, HEADER_SIZE)?;
+                let magic = header_magic(&map);
+                if magic != MAGIC {
+                    return Err(Error::BadMagic { found: magic });
+                }
+                let lock = sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?;
+                (
+                    Store::SysV { id, lock },
+                    format!("System V segment {id}"),
+                    Box::new(move || sysv::remove(id).map(|()| true)),
+                )
+            }
+            _ => return Ok(false),
+        };
+        if !store.locks().try_lock(INIT_LOCK)? {
+            return Ok(false); // a creator, reclaimer or replacer is at work
+        }
+        let live = live_attachments(&store)?;
+        if live > 0 {
+            return Err(Error::InUse { what, live });
+        }
+        unlink() // dropping the store releases the init lock
     }
 
     /// Removes a named object left unready by a dead creator, under its init lock.
@@ -596,6 +738,14 @@ impl SegmentOptions {
                 if !ours_and_unready {
                     return Ok(false);
                 }
+                let len = fd::size(fd.as_fd())?;
+                if len >= HEADER_SIZE && len % PAGE_SIZE == 0 {
+                    let map = fd::map(fd.as_fd(), len)?;
+                    let state = init::observe(header_state(&map));
+                    if let Some(e) = published_evidence(&map, &store, state)? {
+                        return Err(e); // not half-made: damaged, never removed
+                    }
+                }
                 let (ident, _) = fd::identity(fd.as_fd())?;
                 fd::unlink_if_same(&path, ident) // dropping the store releases the lock
             }
@@ -620,9 +770,13 @@ impl SegmentOptions {
                 if !store.locks().try_lock(INIT_LOCK)? {
                     return Ok(false);
                 }
-                let map = sysv::attach(id, HEADER_SIZE)?;
-                if header_magic(&map) != MAGIC || init::observe(header_state(&map)) == init::READY {
+                let map = sysv::attach(id, st.size.max(HEADER_SIZE))?;
+                let state = init::observe(header_state(&map));
+                if header_magic(&map) != MAGIC || state == init::READY {
                     return Ok(false);
+                }
+                if let Some(e) = published_evidence(&map, &store, state)? {
+                    return Err(e);
                 }
                 sysv::remove(id)?;
                 Ok(true)
@@ -711,4 +865,66 @@ fn snapshot(map: &Mapping) -> Result<HeaderFields> {
     };
     fields.validate(magic, version, map.len() as u64)?;
     Ok(fields)
+}
+
+/// Registry slots whose kernel-released lock another handle holds: the live
+/// attachments, by the kernel's evidence alone (no registry word is read).
+fn live_attachments(store: &Store) -> Result<u32> {
+    let locks = store.locks();
+    let mut live = 0u32;
+    let mut from = INIT_LOCK + 1;
+    while let Some(i) = locks.next_held_elsewhere(from)? {
+        if i > u64::from(crate::segment::header::MAX_SLOTS) {
+            // Not a slot lock (a per-incarnation one): evidence of life all the
+            // same, counted only if no slot lock was.
+            live = live.max(1);
+            break;
+        }
+        live += 1;
+        from = i as u32 + 1;
+    }
+    Ok(live)
+}
+
+/// For a segment whose state word says it is not `Ready`: evidence that it was
+/// published all the same (so a peer overwrote the word), as the error to give
+/// instead of reclaiming it. Nobody attaches before `Ready`, and an attach leaves
+/// its pid and time in its registry slot (kept after detach); so a live attached
+/// process (the kernel's evidence), or a complete checksummed header whose
+/// registry shows an attach, proves the state word lies. Only an object with
+/// neither is half-made (its creator died before publishing) and may be
+/// reclaimed: one forged word is never enough to lose a segment.
+fn published_evidence(map: &Mapping, store: &Store, state: u32) -> Result<Option<Error>> {
+    let live = live_attachments(store)?;
+    let attached_once = snapshot(map).is_ok_and(|f| ever_attached(map, &f));
+    if live == 0 && !attached_once {
+        return Ok(None);
+    }
+    Ok(Some(Error::corrupt(
+        "segment state",
+        format!(
+            "state word {state} (not Ready) in a segment that {}: a peer overwrote it; \
+             not reclaimed (remove it by hand once nobody needs its data)",
+            if live > 0 {
+                format!("{live} live process(es) are attached to")
+            } else {
+                "processes have attached to (its registry says so)".to_owned()
+            }
+        ),
+    )))
+}
+
+/// Whether any registry slot of a validated header shows that a process attached
+/// (a claimed word, or the pid and time an attach leaves behind).
+fn ever_attached(map: &Mapping, f: &HeaderFields) -> bool {
+    (0..f.registry_slots as usize).any(|i| {
+        let at = f.registry_offset as usize + i * size_of::<Slot>();
+        // SAFETY: `validate` proved the registry lies below user_offset <= max_size
+        // == the mapping's length, slot-aligned (64); Slot is atomics only (any
+        // bits valid), read with relaxed loads because peers may write them.
+        let slot = unsafe { &*map.ptr().as_ptr().add(at).cast::<Slot>() };
+        slot.state.load(Ordering::Relaxed) != 0
+            || slot.pid.load(Ordering::Relaxed) != 0
+            || slot.attached_ns.load(Ordering::Relaxed) != 0
+    })
 }

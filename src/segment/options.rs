@@ -98,6 +98,12 @@ pub struct SegmentOptions {
     pub(crate) allow_foreign_owner: bool,
     pub(crate) allow_shared_write: bool,
     pub(crate) init_hook: Option<fn()>,
+    /// Whether the user region holds a heap (the default).
+    pub(crate) heap: bool,
+    /// Bytes of raw region before the heap (rounded up to pages).
+    pub(crate) raw_bytes: u64,
+    /// Whether `create` may replace a same-named segment nobody alive uses.
+    pub(crate) replace_stale: bool,
 }
 
 /// The sizes a new segment will have.
@@ -108,6 +114,10 @@ pub(crate) struct Plan {
     pub registry_offset: u64,
     pub slots: u32,
     pub user_offset: u64,
+    /// End of the raw region (`max_size` without a heap).
+    pub raw_end: u64,
+    /// The heap's layout, if the segment has one.
+    pub heap: Option<crate::alloc::HeapLayout>,
 }
 
 impl SegmentOptions {
@@ -122,6 +132,9 @@ impl SegmentOptions {
             allow_foreign_owner: false,
             allow_shared_write: false,
             init_hook: None,
+            heap: true,
+            raw_bytes: 0,
+            replace_stale: false,
         }
     }
 
@@ -346,6 +359,101 @@ impl SegmentOptions {
         self
     }
 
+    /// Makes a segment without a heap: the whole user region, from
+    /// [`Segment::user_offset`](crate::Segment::user_offset) to `max_size`, is the
+    /// raw region, for objects placed at fixed offsets with
+    /// [`Segment::resolve`](crate::Segment::resolve) and its relatives. Recorded in
+    /// the checksummed header: [`Heap::attach`](crate::alloc::Heap::attach) (and so
+    /// the directory) refuses such a segment with [`Error::RegionInUse`].
+    ///
+    /// By default a segment has a heap, built by its creator before anyone can open
+    /// it, and raw placement is allowed only in the region reserved with
+    /// [`raw_region`](Self::raw_region).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Offset, SegmentOptions};
+    /// let seg = SegmentOptions::memfd().no_heap().committed(64 << 10).create()?;
+    /// assert!(!seg.has_heap());
+    /// assert_eq!(seg.raw_region(), seg.user_offset()..seg.max_size());
+    /// assert!(seg.resolve_ptr(Offset::<u64>::new(seg.user_offset())).is_ok());
+    /// assert!(matches!(shmkit::alloc::Heap::attach(&seg), Err(shmkit::Error::RegionInUse { .. })));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn no_heap(mut self) -> Self {
+        self.heap = false;
+        self
+    }
+
+    /// Reserves `bytes` (rounded up to whole pages) at the start of the user region
+    /// for raw placement at fixed offsets; the heap begins after it. The region is
+    /// recorded in the checksummed header and the heap never touches it; raw
+    /// placement outside it is refused with [`Error::RegionInUse`]. Ignored with
+    /// [`no_heap`](Self::no_heap), where the whole user region is raw.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::SegmentOptions;
+    /// let seg = SegmentOptions::memfd().raw_region(100).create()?;
+    /// let raw = seg.raw_region();
+    /// assert_eq!((raw.start, raw.end - raw.start), (seg.user_offset(), 4096));
+    /// assert_eq!(seg.heap_offset(), Some(raw.end));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn raw_region(mut self, bytes: u64) -> Self {
+        self.raw_bytes = bytes;
+        self
+    }
+
+    /// Lets [`create`](Self::create) and [`open_or_create`](Self::open_or_create)
+    /// replace an existing named segment (POSIX name, file, System V key) whose
+    /// every attached process is dead, instead of failing with
+    /// [`Error::AlreadyExists`] or opening it.
+    ///
+    /// "Dead" is the kernel's word, never a guess: each attached process holds a
+    /// lock that the kernel releases when it exits, and the segment is replaced only
+    /// if no such lock is held (one `F_OFD_GETLK` probe over all of them; the
+    /// registry's words, ages and `kill(pid, 0)` are not consulted). A segment with
+    /// any live process attached — in this process too — is never replaced:
+    /// `create` fails with [`Error::InUse`] naming how many, and `open_or_create`
+    /// opens it. Only a shmkit segment that passes the ownership checks is
+    /// replaced; anything else at the name is refused as `open` would.
+    ///
+    /// # Which lifetime to choose
+    ///
+    /// - **Drop removes** (the default): the creator's handle removes the name when
+    ///   it is dropped; attached peers keep their mapping. Right for a segment that
+    ///   lives as long as its creator.
+    /// - [`Segment::persist`](crate::Segment::persist): the name outlives every
+    ///   process, with its data, until [`remove`](Self::remove). Right for state
+    ///   that must survive restarts: reopen it with `open_or_create` and never
+    ///   replace it.
+    /// - **`replace_stale(true)`**: a server that may be SIGKILLed (so its drop
+    ///   never runs) and starts afresh each time: the dead run's segment is removed
+    ///   and a new one created, while a second live instance is refused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Error, SegmentOptions};
+    /// let name = shmkit::unique_name("doc-stale-")?;
+    /// let mut first = SegmentOptions::posix(&name).create()?;
+    /// first.persist(); // as if its drop never ran
+    /// // Live: never replaced.
+    /// let live = SegmentOptions::posix(&name).replace_stale(true).create();
+    /// assert!(matches!(live, Err(Error::InUse { live: 1, .. })));
+    /// drop(first); // now nobody is attached
+    /// let second = SegmentOptions::posix(&name).replace_stale(true).create()?;
+    /// # drop(second);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn replace_stale(mut self, replace: bool) -> Self {
+        self.replace_stale = replace;
+        self
+    }
+
     /// Test hook: called by a creator half-way through initialisation (after the
     /// object exists and the header is partly written, before it is `Ready`).
     #[doc(hidden)]
@@ -398,12 +506,33 @@ impl SegmentOptions {
         if committed > max {
             return size_err(committed, "committed exceeds max_size");
         }
+        let (raw_end, heap) = if self.heap {
+            let raw_end = align_up(user_offset.saturating_add(self.raw_bytes), PAGE_SIZE)
+                .filter(|&e| e <= max)
+                .ok_or(Error::InvalidSize {
+                    size: self.raw_bytes,
+                    reason: "raw_region does not fit in max_size",
+                })?;
+            let lay =
+                crate::alloc::HeapLayout::new(raw_end, max).map_err(|_| Error::InvalidSize {
+                    size: max,
+                    reason: "too small for a heap (header, tables and one 256 KiB span): \
+                             make it larger, or use no_heap() for raw placement only",
+                })?;
+            (raw_end, Some(lay))
+        } else {
+            (max, None)
+        };
+        // The creator builds the heap header before Ready: its pages are committed.
+        let floor = heap.map_or(user_offset, |l| l.pd_off);
         Ok(Plan {
             max_size: max,
-            committed: committed.max(user_offset),
+            committed: committed.max(floor),
             registry_offset,
             slots: self.slots,
             user_offset,
+            raw_end,
+            heap,
         })
     }
 }

@@ -45,6 +45,12 @@ impl LockTable for Locks<'_> {
             Locks::Mem(l) => l.held_elsewhere(i),
         }
     }
+    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>> {
+        match self {
+            Locks::Ofd(l) => l.next_held_elsewhere(i),
+            Locks::Mem(l) => l.next_held_elsewhere(i),
+        }
+    }
 }
 
 impl Store {
