@@ -1001,6 +1001,9 @@ fn corrupt_setup(seg: &Segment, a: &Heap, b: &Heap, knobs: u8) -> Known {
     for &blk in &listed {
         words(blk, 16, false);
     }
+    // Last (so the indices above stay those of the existing corpus): the heap
+    // header's state word, which a fresh attach must find READY or refuse.
+    words(lay.heap_off, 8, false);
     Known {
         live,
         freed,
