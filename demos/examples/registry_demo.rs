@@ -104,7 +104,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("worker did not report its slot")?;
         // A worker that finished and detached frees its slot: the next one may
         // take the same slot (with a new incarnation).
-        println!("worker {i} (pid {}) attached at slot {slot}", child.id());
+        let reuse = if slots.contains(&slot) {
+            " (reused: an earlier worker finished and detached, freeing it)"
+        } else {
+            ""
+        };
+        println!(
+            "worker {i} (pid {}) attached at slot {slot}{reuse}",
+            child.id()
+        );
         slots.push(slot);
         children.push(Reaped(child));
     }

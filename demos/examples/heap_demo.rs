@@ -74,7 +74,7 @@ fn hoarder(name: &str) -> shmkit::Result<()> {
     }
     heap.alloc(1 << 20, 4096)?; // and one large block
     println!(
-        "hoarder {} holds {} bytes; waiting to be killed",
+        "hoarder {} asked for {} B in 2001 blocks; waiting to be killed",
         std::process::id(),
         held + (1 << 20)
     );
@@ -168,9 +168,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         for o in &st.owners {
             println!(
-                "  owner slot {:>3}: {:>8} B owned, {:>8} B cached, {}",
+                "  owner slot {:>3}: {:>5} blocks ({:>8} B) owned, {:>5} blocks ({:>7} B) cached, {}",
                 o.owner.slot(),
+                o.owned_blocks,
                 o.owned_bytes,
+                o.cached_blocks,
                 o.cached_bytes,
                 if o.alive { "alive" } else { "DEAD" }
             );
@@ -178,9 +180,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     };
     show("before reclaim")?;
+    println!(
+        "  (owned: blocks in use, counted at their size class, so a request rounded up to\n   \
+         its class counts more than was asked for; cached: free blocks a process keeps\n   \
+         for its next allocations until it flushes them back; a dead process's are both\n   \
+         stranded until reclaimed)"
+    );
     let r = heap.reclaim_dead()?;
     println!(
-        "reclaim_dead: {} blocks, {} B back from {} dead owner(s)",
+        "reclaim_dead: {} blocks, {} B back from {} dead owner(s) (its owned and its cached blocks)",
         r.blocks,
         r.bytes,
         r.owners.len()
