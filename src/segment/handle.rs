@@ -431,6 +431,77 @@ impl Segment {
         self.inner.persist.store(1, Ordering::Relaxed);
     }
 
+    /// Removes the segment's name *now* and stays attached: "remove now, stay
+    /// attached".
+    ///
+    /// From this call on, opening the name (POSIX name, file path, System V key or
+    /// id) fails with [`Error::NotFound`], and a POSIX or file name can be created
+    /// anew. Every handle already attached (this one, its clones, other handles and
+    /// other processes') keeps a fully working mapping until it detaches; the memory
+    /// goes away with the last detach, however that process ends (a POSIX or file
+    /// object is unlinked and lives while mapped; a System V segment is marked with
+    /// `shmctl(IPC_RMID)`, which Linux applies at its last `shmdt`). So nothing is
+    /// leaked when every process is then killed: what a fuzzing harness wants once
+    /// its targets have attached (or right after creating a segment that its forked
+    /// children inherit), since a SIGKILLed parent never runs its cleanup. A System
+    /// V segment's companion lock file goes with the last handle's detach.
+    ///
+    /// A POSIX or file name is removed only while it still names this segment.
+    /// Dropping the creating handle afterwards removes nothing more.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the name is already removed (or names another object
+    /// now); [`Error::InvalidArgument`] for kinds without a name (memfd, anonymous,
+    /// heap); [`Error::ForkedHandle`] in a forked child that has not called
+    /// [`after_fork`](Self::after_fork); [`Error::Os`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Error, Offset, SegmentOptions};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// let seg = SegmentOptions::sysv_private().max_size(1 << 20).create()?;
+    /// let id = seg.sysv_id().unwrap();
+    /// seg.remove_now()?;
+    /// assert!(matches!(SegmentOptions::sysv_id(id).open(), Err(Error::NotFound(_))));
+    /// // Still attached, still usable, until the last handle detaches.
+    /// // SAFETY: this program views this offset as an AtomicU64 only.
+    /// let word = unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))? };
+    /// word.store(7, Ordering::Relaxed);
+    /// assert_eq!(word.load(Ordering::Relaxed), 7);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn remove_now(&self) -> Result<()> {
+        self.check_pid()?;
+        match (&self.inner.spec, &self.inner.store) {
+            (_, Store::SysV { id, .. }) => {
+                if sysv::stat(*id)?.dest {
+                    return Err(Error::NotFound(format!(
+                        "System V segment id {id} (already removed)"
+                    )));
+                }
+                sysv::remove(*id)
+            }
+            (Spec::Posix(name), _) => self.unlink_own(&fd::shm_path(names::validate(name)?), name),
+            (Spec::File(path), _) => self.unlink_own(path, &path.display().to_string()),
+            _ => Err(Error::InvalidArgument(
+                "this kind of segment has no name to remove",
+            )),
+        }
+    }
+
+    /// Unlinks `path` if it still names this handle's object.
+    fn unlink_own(&self, path: &std::path::Path, what: &str) -> Result<()> {
+        let gone = || Error::NotFound(format!("{what} (no longer names this segment)"));
+        let ident = self.inner.ident.ok_or_else(gone)?;
+        if fd::unlink_if_same(path, ident)? {
+            Ok(())
+        } else {
+            Err(gone())
+        }
+    }
+
     /// This handle's registry slot.
     ///
     /// # Examples
@@ -1088,6 +1159,10 @@ impl Drop for Inner {
                 }
                 _ => {}
             }
+        }
+        if let Store::SysV { id, lock } = &self.store {
+            // The last shmkit handle on a removed segment takes its lock file along.
+            sysv::discard_if_removed(*id, lock.as_fd());
         }
     }
 }
