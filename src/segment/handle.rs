@@ -553,7 +553,10 @@ impl Segment {
     /// ```
     /// use shmkit::{Error, Offset, SegmentOptions};
     /// use std::sync::atomic::{AtomicU64, Ordering};
-    /// let seg = SegmentOptions::sysv_private().max_size(1 << 20).create()?;
+    /// let seg = SegmentOptions::sysv_private()
+    ///     .max_size(1 << 20)
+    ///     .committed(64 << 10)
+    ///     .create()?;
     /// let id = seg.sysv_id().unwrap();
     /// seg.remove_now()?;
     /// assert!(matches!(SegmentOptions::sysv_id(id).open(), Err(Error::NotFound(_))));
