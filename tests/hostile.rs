@@ -8,5 +8,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+#[path = "hostile/backing.rs"]
+mod backing;
 #[path = "hostile/region.rs"]
 mod region;

@@ -14,6 +14,8 @@ mod common;
 mod region;
 #[path = "lifecycle/stale.rs"]
 mod stale;
+#[path = "lifecycle/sysv.rs"]
+mod sysv;
 
 use std::process::Stdio;
 

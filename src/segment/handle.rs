@@ -74,6 +74,24 @@ pub(crate) struct Inner {
     pub(super) disowned: crate::loom::AtomicU32,
     /// Process-local state of the directory (which objects this handle holds).
     pub(crate) local: std::sync::Mutex<crate::segment::Local>,
+    /// Bytes from offset 0 that this attachment has backed itself (`fallocate`),
+    /// whatever the header's `committed` claims: `u64::MAX` for kinds that have
+    /// nothing to back this way (see [`Segment::back_observed`]). Process-local.
+    pub(super) ensured: AtomicU64,
+    /// The last committed value read from the header that could not be backed (so
+    /// that it is tried once, not on every read). Process-local.
+    pub(super) refused: AtomicU64,
+}
+
+/// The initial `ensured` of a handle on `store`: 0 where the attachment must back
+/// what it uses with `fallocate` (descriptor-backed kinds), `u64::MAX` where there
+/// is nothing to back (heap-backed) or where pages come on demand from memory and
+/// are not on a size-limited store (System V).
+fn initial_ensured(store: &Store) -> u64 {
+    match store {
+        Store::Fd(_) => 0,
+        Store::SysV { .. } | Store::Heap { .. } => u64::MAX,
+    }
 }
 
 impl Clone for Segment {
@@ -98,6 +116,7 @@ impl Segment {
         fields: HeaderFields,
         created: bool,
     ) -> Result<Segment> {
+        let ensured = initial_ensured(&store);
         let mut seg = Segment {
             inner: StdArc::new(Inner {
                 map,
@@ -114,8 +133,11 @@ impl Segment {
                 fork_gen: crate::segment::os::fork::generation(),
                 disowned: crate::loom::AtomicU32::new(0),
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
+                ensured: AtomicU64::new(ensured),
+                refused: AtomicU64::new(0),
             }),
         };
+        seg.back_at_attach()?;
         seg.claim_slot()?;
         seg.inner_mut().created = created;
         Ok(seg)
@@ -215,7 +237,13 @@ impl Segment {
 
     /// Bytes currently backed. Only these may be touched.
     ///
-    /// A value a peer corrupted is clamped to `[user_offset, max_size]`.
+    /// A value a peer corrupted is clamped to `[user_offset, max_size]`. The value
+    /// comes from the shared header, which any peer may write, so a descriptor-backed
+    /// segment backs every growth it observes there with `fallocate` before
+    /// reporting it (once per value seen; nothing is allocated over pages already
+    /// backed); if the store cannot hold it (a peer claimed more than it backed),
+    /// only what this handle's attachment backed is reported, and growing past it is
+    /// [`Error::NoSpace`] from [`commit`](Self::commit), never a SIGBUS.
     ///
     /// # Examples
     ///
@@ -225,10 +253,71 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn committed(&self) -> u64 {
-        // SYNC: Acquire pairs with the Release fetch_max in `commit`: the backing
-        // store for the new range was allocated before it was published.
+        // SYNC: Acquire pairs with the Release fetch_max in `commit`: the committer
+        // backed the new range before it published it. (Not trusted for backing:
+        // see below.)
         let c = self.committed_word().load(Ordering::Acquire);
-        check_committed(c, &self.inner.fields).unwrap_or(self.inner.fields.user_offset)
+        let c = check_committed(c, &self.inner.fields).unwrap_or(self.inner.fields.user_offset);
+        // SYNC: Acquire pairs with the Release fetch_max after our own fallocate (in
+        // `back_observed`, `back_at_attach`, `commit`), in whichever thread ran it.
+        if c <= self.inner.ensured.load(Ordering::Acquire) {
+            return c;
+        }
+        self.back_observed(c)
+    }
+
+    /// The header claims `c` bytes committed, more than this attachment has backed
+    /// itself: back the difference first, since a peer may write any value there
+    /// and touching an unbacked page of a full store is a SIGBUS. `fallocate` over
+    /// pages a peer really backed allocates nothing and succeeds at once; over a
+    /// lie it either makes the backing real or fails, and then only what this
+    /// attachment backed is reported (growing past it is then
+    /// [`Error::NoSpace`] from [`commit`](Self::commit)). One syscall per value
+    /// observed: a value that could not be backed is not tried again.
+    #[cold]
+    #[inline(never)]
+    fn back_observed(&self, c: u64) -> u64 {
+        let inner = &*self.inner;
+        // SYNC: Acquire as in `committed`.
+        let ensured = inner.ensured.load(Ordering::Acquire);
+        if c <= ensured {
+            return c; // another thread backed it meanwhile
+        }
+        if inner.refused.load(Ordering::Relaxed) == c {
+            return ensured;
+        }
+        match inner.store.commit(&inner.map, ensured, c) {
+            Ok(()) => {
+                // SYNC: Release pairs with the Acquire loads in `committed`: [0, c)
+                // is backed before any thread of ours relies on it.
+                inner.ensured.fetch_max(c, Ordering::Release);
+                c
+            }
+            Err(_) => {
+                inner.refused.store(c, Ordering::Relaxed);
+                ensured
+            }
+        }
+    }
+
+    /// At attach, before anything is written: backs the whole range the header
+    /// claims committed (nothing another process wrote is trusted), so a lie there
+    /// fails the attach with [`Error::NoSpace`] instead of a later SIGBUS. Over
+    /// pages really backed it allocates nothing.
+    #[cold]
+    fn back_at_attach(&self) -> Result<()> {
+        let inner = &*self.inner;
+        // SYNC: Acquire as in `committed` (here: our own initial value).
+        if inner.ensured.load(Ordering::Acquire) == u64::MAX {
+            return Ok(());
+        }
+        // SYNC: Acquire as in `committed`.
+        let c = self.committed_word().load(Ordering::Acquire);
+        let c = check_committed(c, &inner.fields).unwrap_or(inner.fields.user_offset);
+        inner.store.commit(&inner.map, 0, c)?;
+        // SYNC: Release pairs with the Acquire loads in `committed`.
+        inner.ensured.fetch_max(c, Ordering::Release);
+        Ok(())
     }
 
     /// Grows the committed size to at least `bytes` (rounded up to a page). Every
@@ -264,6 +353,9 @@ impl Segment {
             return Ok(cur);
         }
         self.inner.store.commit(&self.inner.map, cur, want)?;
+        // SYNC: Release pairs with the Acquire loads of `ensured` in `committed`:
+        // this attachment backed [0, want) itself (`cur` is at most what it had).
+        self.inner.ensured.fetch_max(want, Ordering::Release);
         // SYNC: Release pairs with the Acquire load in `committed`; publishes that
         // [cur, want) is backed.
         self.committed_word().fetch_max(want, Ordering::Release);
@@ -503,6 +595,80 @@ impl Segment {
     /// ```
     pub fn persist(&mut self) {
         self.inner.persist.store(1, Ordering::Relaxed);
+    }
+
+    /// Removes the segment's name *now* and stays attached: "remove now, stay
+    /// attached".
+    ///
+    /// From this call on, opening the name (POSIX name, file path, System V key or
+    /// id) fails with [`Error::NotFound`], and a POSIX or file name can be created
+    /// anew. Every handle already attached (this one, its clones, other handles and
+    /// other processes') keeps a fully working mapping until it detaches; the memory
+    /// goes away with the last detach, however that process ends (a POSIX or file
+    /// object is unlinked and lives while mapped; a System V segment is marked with
+    /// `shmctl(IPC_RMID)`, which Linux applies at its last `shmdt`). So nothing is
+    /// leaked when every process is then killed: what a fuzzing harness wants once
+    /// its targets have attached (or right after creating a segment that its forked
+    /// children inherit), since a SIGKILLed parent never runs its cleanup. A System
+    /// V segment's companion lock file goes with the last handle's detach.
+    ///
+    /// A POSIX or file name is removed only while it still names this segment.
+    /// Dropping the creating handle afterwards removes nothing more.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the name is already removed (or names another object
+    /// now); [`Error::InvalidArgument`] for kinds without a name (memfd, anonymous,
+    /// heap); [`Error::ForkedHandle`] in a forked child that has not called
+    /// [`after_fork`](Self::after_fork); [`Error::Os`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmkit::{Error, Offset, SegmentOptions};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// let seg = SegmentOptions::sysv_private()
+    ///     .max_size(1 << 20)
+    ///     .committed(64 << 10)
+    ///     .create()?;
+    /// let id = seg.sysv_id().unwrap();
+    /// seg.remove_now()?;
+    /// assert!(matches!(SegmentOptions::sysv_id(id).open(), Err(Error::NotFound(_))));
+    /// // Still attached, still usable, until the last handle detaches.
+    /// // SAFETY: this program views this offset as an AtomicU64 only.
+    /// let word = unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))? };
+    /// word.store(7, Ordering::Relaxed);
+    /// assert_eq!(word.load(Ordering::Relaxed), 7);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn remove_now(&self) -> Result<()> {
+        self.check_pid()?;
+        match (&self.inner.spec, &self.inner.store) {
+            (_, Store::SysV { id, .. }) => {
+                if sysv::stat(*id)?.dest {
+                    return Err(Error::NotFound(format!(
+                        "System V segment id {id} (already removed)"
+                    )));
+                }
+                sysv::remove(*id)
+            }
+            (Spec::Posix(name), _) => self.unlink_own(&fd::shm_path(names::validate(name)?), name),
+            (Spec::File(path), _) => self.unlink_own(path, &path.display().to_string()),
+            _ => Err(Error::InvalidArgument(
+                "this kind of segment has no name to remove",
+            )),
+        }
+    }
+
+    /// Unlinks `path` if it still names this handle's object.
+    fn unlink_own(&self, path: &std::path::Path, what: &str) -> Result<()> {
+        let gone = || Error::NotFound(format!("{what} (no longer names this segment)"));
+        let ident = self.inner.ident.ok_or_else(gone)?;
+        if fd::unlink_if_same(path, ident)? {
+            Ok(())
+        } else {
+            Err(gone())
+        }
     }
 
     /// This handle's registry slot.
@@ -853,6 +1019,9 @@ impl Segment {
                 fork_gen: crate::segment::os::fork::generation(),
                 disowned: crate::loom::AtomicU32::new(0),
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
+                // The same mapping of the same object: what it backed is backed.
+                ensured: AtomicU64::new(old.ensured.load(Ordering::Acquire)),
+                refused: AtomicU64::new(old.refused.load(Ordering::Relaxed)),
             }),
         };
         seg.claim_slot()?;
@@ -1167,6 +1336,10 @@ impl Drop for Inner {
                 }
                 _ => {}
             }
+        }
+        if let Store::SysV { id, lock } = &self.store {
+            // The last shmkit handle on a removed segment takes its lock file along.
+            sysv::discard_if_removed(*id, lock.as_fd());
         }
     }
 }

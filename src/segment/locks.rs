@@ -46,16 +46,75 @@ pub trait LockTable {
 /// OFD locks on one byte per lock, through the given descriptor.
 pub(crate) struct OfdLocks<'fd>(pub(crate) BorrowedFd<'fd>);
 
+/// Lock index of the *presence* lock of a System V companion lock file: a shared
+/// lock that every handle using the file holds for as long as it has it open, one
+/// past the last registry lock (index `MAX_SLOTS`, for slot `MAX_SLOTS - 1`). Whoever deletes the file first
+/// takes every lock up to and including this one exclusively
+/// ([`OfdLocks::try_lock_through`]), which succeeds only while nobody uses it.
+pub(crate) const PRESENCE: u32 = crate::segment::header::MAX_SLOTS + 1;
+
 impl OfdLocks<'_> {
     fn flock(kind: libc::c_int, i: u32) -> libc::flock {
+        Self::flock_range(kind, i, 1)
+    }
+
+    /// A request for `len` locks from index `i` on.
+    fn flock_range(kind: libc::c_int, i: u32, len: u32) -> libc::flock {
         // SAFETY: libc::flock is a plain C struct for which all-zero is valid.
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = kind as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
         fl.l_start = LOCK_BASE + i64::from(i);
-        fl.l_len = 1;
+        fl.l_len = i64::from(len);
         fl.l_pid = 0; // required to be 0 for OFD locks
         fl
+    }
+
+    /// Takes lock `i` *shared* for this handle without blocking: shared holders
+    /// coexist, an exclusive holder excludes them. `Ok(false)` if another handle
+    /// holds it exclusively.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if `fcntl` fails otherwise.
+    pub(crate) fn try_share(&self, i: u32) -> Result<bool> {
+        let mut fl = Self::flock(libc::F_RDLCK, i);
+        match self.fcntl(libc::F_OFD_SETLK, &mut fl) {
+            Ok(()) => Ok(true),
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => Ok(false),
+            Err(e) => Err(Error::os("fcntl(F_OFD_SETLK, F_RDLCK)", e)),
+        }
+    }
+
+    /// Whether another handle holds any of the locks `0..end` exclusively (a live
+    /// creator's init lock, an attached handle's slot lock), as opposed to shared
+    /// locks only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if `fcntl` fails.
+    pub(crate) fn held_exclusively_below(&self, end: u32) -> Result<bool> {
+        // A shared request conflicts with exclusive locks only.
+        let mut fl = Self::flock_range(libc::F_RDLCK, 0, end);
+        self.fcntl(libc::F_OFD_GETLK, &mut fl)
+            .map_err(Error::at("fcntl(F_OFD_GETLK)"))?;
+        Ok(i32::from(fl.l_type) != libc::F_UNLCK)
+    }
+
+    /// Takes every lock `0..=last` exclusively, at once, without blocking:
+    /// `Ok(true)` only if no other handle holds any of them (shared or not). On
+    /// `Ok(false)` nothing changed (a refused `F_OFD_SETLK` is all or nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] if `fcntl` fails otherwise.
+    pub(crate) fn try_lock_through(&self, last: u32) -> Result<bool> {
+        let mut fl = Self::flock_range(libc::F_WRLCK, 0, last.saturating_add(1));
+        match self.fcntl(libc::F_OFD_SETLK, &mut fl) {
+            Ok(()) => Ok(true),
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => Ok(false),
+            Err(e) => Err(Error::os("fcntl(F_OFD_SETLK, whole table)", e)),
+        }
     }
 
     fn fcntl(&self, cmd: libc::c_int, fl: &mut libc::flock) -> rustix::io::Result<()> {

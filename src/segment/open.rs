@@ -287,11 +287,22 @@ impl SegmentOptions {
     }
 
     /// Removes the named object (POSIX name, file, System V key or id). Handles that
-    /// are open keep working; new opens fail.
+    /// are open keep working; new opens fail. (A handle removes its own segment with
+    /// [`Segment::remove_now`].)
+    ///
+    /// System V: only a segment that carries shmkit's magic is removed; a foreign one
+    /// (another program's) is left alone and reported as [`Error::BadMagic`]. Either
+    /// way, and also when the segment is already gone (removed with `ipcrm`, or its
+    /// last holder was killed), its companion lock file
+    /// `/dev/shm/.shmkit-sysv-<id>.lock` is deleted if it is ours and no live handle
+    /// uses it (one that does deletes it at its last detach). A gone segment whose
+    /// lock file this call deleted counts as removed.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::InvalidName`], [`Error::InvalidArgument`] for
+    /// [`Error::NotFound`] when nothing of it was left (for System V also when it was
+    /// already removed and is still attached somewhere), [`Error::BadMagic`] for a
+    /// foreign System V segment, [`Error::InvalidName`], [`Error::InvalidArgument`] for
     /// kinds without a name, [`Error::Os`].
     ///
     /// # Examples
@@ -309,8 +320,8 @@ impl SegmentOptions {
         match &self.spec {
             Spec::Posix(name) => fd::unlink(&fd::shm_path(names::validate(name)?), name),
             Spec::File(path) => fd::unlink(path, &path.display().to_string()),
-            Spec::SysV(Some(key)) => sysv::remove(sysv::lookup(*key)?),
-            Spec::SysVId(id) => sysv::remove(*id),
+            Spec::SysV(Some(key)) => remove_sysv(sysv::lookup(*key)?),
+            Spec::SysVId(id) => remove_sysv(*id),
             _ => Err(Error::InvalidArgument(
                 "this kind of segment has no name to remove",
             )),
@@ -380,25 +391,38 @@ impl SegmentOptions {
 
     fn create_sysv(&self, plan: Plan, key: Option<i32>) -> Result<Segment> {
         let id = sysv::create(key, plan.max_size, self.mode)?;
-        let cleanup = |e: Error| {
+        let mut own = None;
+        let r = self.build_sysv(plan, id, &mut own);
+        if r.is_err() {
+            // Ours, exclusively created: remove it, then its lock file, unless an
+            // opener is using it.
             let _ = sysv::remove(id);
-            e
-        };
-        let lock = sysv::lock_file(id, false, false).map_err(cleanup)?;
-        let store = Store::SysV { id, lock };
-        self.take_init_lock(&store).map_err(cleanup)?;
-        if sysv::stat(id).map_err(cleanup)?.dest {
-            return Err(cleanup(Error::NotFound(format!(
-                "System V segment {id} (reclaimed during creation)"
-            ))));
+            let _ = sysv::discard_lock_file(id, own.as_ref().map(AsFd::as_fd));
         }
-        let map = sysv::attach(id, plan.max_size).map_err(cleanup)?;
-        sysv::populate(&map, 0, plan.committed).map_err(cleanup)?;
+        r
+    }
+
+    /// The creation of System V segment `id` after `shmget`; the caller cleans up,
+    /// through `own`: a copy of the lock-file descriptor (the same open file
+    /// description, whose locks are ours), once there is one.
+    fn build_sysv(&self, plan: Plan, id: i32, own: &mut Option<OwnedFd>) -> Result<Segment> {
+        let lock = sysv::lock_file(id, false, false)?;
+        *own =
+            Some(rustix::io::fcntl_dupfd_cloexec(&lock, 0).map_err(Error::at("dup(lock file)"))?);
+        let store = Store::SysV { id, lock };
+        self.take_init_lock(&store)?;
+        if sysv::stat(id)?.dest {
+            return Err(Error::NotFound(format!(
+                "System V segment {id} (reclaimed during creation)"
+            )));
+        }
+        let map = sysv::attach(id, plan.max_size)?;
+        sysv::populate(&map, 0, plan.committed)?;
         // First write: the magic, so that a half-made segment is recognisably ours.
         // SAFETY: the mapping is max_size >= HEADER_SIZE bytes, page-aligned and
         // committed for its first page; nobody reads it as Ready before publish.
         unsafe { map.ptr().as_ptr().cast::<[u8; 8]>().write_volatile(MAGIC) };
-        let mut seg = self.initialise(plan, map, store, None).map_err(cleanup)?;
+        let mut seg = self.initialise(plan, map, store, None)?;
         seg.inner_mut().created = true;
         Ok(seg)
     }
@@ -504,7 +528,22 @@ impl SegmentOptions {
         self.open_store(Store::Fd(fd), self.spec.clone(), Some(ident))
     }
 
+    /// Opens System V segment `id`. A failed open leaves nothing behind: the lock
+    /// file it may have created is deleted again, unless another handle uses it.
     fn open_sysv(&self, id: i32) -> Result<Segment> {
+        let mut own = None;
+        let r = self.open_sysv_checked(id, &mut own);
+        if r.is_err() {
+            // Through our own open file description (`own`, a copy of the store's
+            // descriptor): only other handles' locks keep the file.
+            let _ = sysv::discard_lock_file(id, own.as_ref().map(AsFd::as_fd));
+        }
+        r
+    }
+
+    /// `open_sysv` but for the cleanup; `own` gets a copy of the lock-file
+    /// descriptor once there is one.
+    fn open_sysv_checked(&self, id: i32, own: &mut Option<OwnedFd>) -> Result<Segment> {
         let st = sysv::stat(id)?;
         if st.dest {
             // Removed (IPC_RMID) but still attached somewhere: new opens fail.
@@ -523,6 +562,14 @@ impl SegmentOptions {
             return Err(Error::InsecureMode { mode: st.mode });
         }
         let lock = sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?;
+        *own =
+            Some(rustix::io::fcntl_dupfd_cloexec(&lock, 0).map_err(Error::at("dup(lock file)"))?);
+        if sysv::stat(id)?.dest {
+            // Removed while we made our way to its lock file.
+            return Err(Error::NotFound(format!(
+                "System V segment id {id} (removed)"
+            )));
+        }
         self.open_store(Store::SysV { id, lock }, Spec::SysVId(id), None)
     }
 
@@ -779,10 +826,42 @@ impl SegmentOptions {
                     return Err(e);
                 }
                 sysv::remove(id)?;
+                drop(map);
+                if let Store::SysV { lock, .. } = &store {
+                    // Unless an opener is still looking at it (it will fail, and
+                    // discard it then).
+                    let _ = sysv::discard_lock_file(id, Some(lock.as_fd()));
+                }
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// `SegmentOptions::remove` of System V segment `id`: removes it only if it carries
+/// shmkit's magic (a foreign segment is [`Error::BadMagic`] and stays), and deletes
+/// its lock file whatever the segment's state, unless a handle still uses it.
+fn remove_sysv(id: i32) -> Result<()> {
+    let r = match sysv::attach_read_only(id) {
+        // Our attachment keeps the id from being destroyed and given to another
+        // segment between the look at its magic and the removal.
+        Ok(map) => match (sysv::stat(id), sysv::head(&map)) {
+            (Err(e), _) => Err(e),
+            (Ok(st), _) if st.dest => Err(Error::NotFound(format!(
+                "System V segment id {id} (already removed)"
+            ))),
+            (Ok(_), MAGIC) => sysv::remove(id),
+            (Ok(_), found) => Err(Error::BadMagic { found }),
+        },
+        Err(e) => Err(e),
+    };
+    match (r, sysv::discard_lock_file(id, None)) {
+        // The segment was already gone, but its lock file was left: that was
+        // what remained to remove.
+        (Err(Error::NotFound(_)), Ok(true)) => Ok(()),
+        (Ok(()), Err(e)) => Err(e),
+        (r, _) => r,
     }
 }
 

@@ -81,10 +81,11 @@ impl Store {
         Ok(match self {
             Store::Fd(f) => Store::Fd(fd::reopen(f.as_fd())?),
             // The same lock file (by descriptor, not by path: the path may have been
-            // removed, and a new file there would split the lock namespace).
+            // removed, and a new file there would split the lock namespace), with
+            // its own presence lock.
             Store::SysV { id, lock } => Store::SysV {
                 id: *id,
-                lock: fd::reopen(lock.as_fd())?,
+                lock: sysv::reopen_lock_file(lock.as_fd())?,
             },
             Store::Heap { locks, .. } => Store::Heap {
                 locks: locks.clone(),
