@@ -472,6 +472,7 @@ fn child_race() {
     let how = match how {
         Opened::Created => "created",
         Opened::Existing => "existing",
+        Opened::Replaced => "replaced",
     };
     say(format!(
         "result {how} {} {} {} {} {}",

@@ -74,17 +74,19 @@ const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub const MAX_ALLOC: u64 = crate::Tagged::MAX_OFFSET;
 
 impl Heap {
-    /// Attaches to the heap in `seg`'s user region, building it if this is the first
-    /// handle (on any process) to ask. Building is race-free: one process builds,
-    /// the others wait; a builder that died is replaced.
+    /// Attaches to the heap in `seg`'s user region. The heap was built by the
+    /// segment's creator before anyone could open it (see
+    /// [`SegmentOptions::no_heap`](crate::SegmentOptions::no_heap)); attaching
+    /// never builds or rebuilds anything: it checks the heap header against the
+    /// segment header's record of it.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidSize`] if the segment is too small for a heap;
-    /// [`Error::NoSpace`] if its tables cannot be committed; [`Error::Corrupt`] if the
-    /// header is not a heap's; [`Error::NotReady`] if a live builder does not finish
-    /// within 2 s; [`Error::InvalidArgument`] for a forked handle without
-    /// `after_fork`.
+    /// [`Error::RegionInUse`] for a segment made without a heap;
+    /// [`Error::Corrupt`] naming the heap header if it is not the heap the segment
+    /// header records (a peer overwrote its state, magic, version or layout);
+    /// [`Error::NoSpace`] if its tables cannot be committed;
+    /// [`Error::InvalidArgument`] for a forked handle without `after_fork`.
     ///
     /// # Examples
     ///

@@ -81,8 +81,9 @@ pub(crate) unsafe fn build(base: *mut u8, lay: &Layout) {
     unsafe {
         let h = base.add(lay.heap_off as usize).cast::<HeapHeader>();
         std::ptr::addr_of_mut!((*h).body).write(HeapBody::new(lay));
-        // SYNC: Release publishes the body; pairs with the Acquire in `attach`
-        // (the segment's Ready publication orders it for openers as well).
+        // A plain write: nobody can see the segment yet. What publishes the body
+        // and this word is the segment's Ready store (`init::publish`, Release),
+        // paired with every opener's Acquire in `init::observe`.
         std::ptr::addr_of_mut!((*h).state).write(AtomicU64::new(READY));
     }
 }
@@ -240,12 +241,12 @@ impl std::fmt::Debug for SegMem {
 }
 
 impl SegMem {
-    /// Attaches to (building if needed) the heap of `seg`.
+    /// Attaches to the heap of `seg`, which its creator built (never builds).
     ///
     /// # Errors
     ///
-    /// Layout, commit and corruption errors; [`Error::NotReady`] if another
-    /// process is building it and does not finish in time.
+    /// [`Error::RegionInUse`] without a heap; commit errors; [`Error::Corrupt`] for
+    /// a heap header that is not the one the segment header records.
     pub fn attach(seg: &Segment) -> Result<Self> {
         let Some(heap_offset) = seg.heap_offset() else {
             return Err(Error::RegionInUse {
@@ -272,8 +273,9 @@ impl SegMem {
                 "this handle acts for no registry slot (forked without after_fork?)",
             ));
         }
-        // SYNC: Acquire pairs with the Release store of READY in `build` (and the
-        // segment's own Ready publication after it): the body is complete.
+        // SYNC: the body and this word were written before the segment's Ready
+        // (Release in `init::publish`), which our open observed with Acquire
+        // (`init::observe`); this Acquire adds nothing to that pair.
         let s = state.load(Ordering::Acquire);
         if s != READY {
             return Err(overwritten(s, lay.heap_off));
@@ -298,14 +300,14 @@ impl SegMem {
     ///
     /// [`Error::Corrupt`] naming the first word found wrong.
     pub fn check_header(&self) -> Result<()> {
-        // SAFETY: heap_off is inside the mapping `self.seg` keeps (checked in
-        // `attach`), aligned; the state word is an atomic, any bits valid.
-        let state = unsafe {
-            &*self
-                .base
-                .add(self.lay.heap_off as usize)
-                .cast::<AtomicU64>()
-        };
+        let h = self
+            .base
+            .wrapping_add(self.lay.heap_off as usize)
+            .cast::<HeapHeader>();
+        // SAFETY: the heap header lies inside the mapping `self.seg` keeps
+        // (checked in `attach`), aligned; its state word is an atomic, any bits
+        // valid.
+        let state = unsafe { &*std::ptr::addr_of!((*h).state) };
         let s = state.load(Ordering::Relaxed);
         if s != READY {
             return Err(overwritten(s, self.lay.heap_off));

@@ -972,10 +972,12 @@ impl Segment {
         if let Store::Fd(f) = &store {
             fd::remap_in_place(f.as_fd(), &inner.map)?;
         }
-        // Closing our copy of the inherited descriptor leaves the parent's open file
-        // description (and its locks) to the parent alone.
+        // Our copy of the inherited descriptor goes once our own claim holds: until
+        // then it keeps the parent's open file description (and a dead parent's
+        // slot lock) in place, so that the kernel never shows the segment as
+        // unattached in between (a `replace_stale` could take it then). Closing it
+        // leaves the parent's description to the parent alone.
         let old = std::mem::replace(&mut inner.store, store);
-        drop(old);
         // The parent's slot is the parent's: forget it before anything can fail, so
         // that our Drop never releases it. Until our own claim succeeds the handle
         // names nobody (locks refuse it) and still fails the pid check.
@@ -985,7 +987,9 @@ impl Segment {
         inner.persist.store(1, Ordering::Relaxed);
         // The parent's holds on directory objects are the parent's.
         *inner.local.get_mut().unwrap_or_else(|e| e.into_inner()) = Default::default();
-        self.claim_slot()?;
+        let claimed = self.claim_slot();
+        drop(old);
+        claimed?;
         let inner = self.inner_mut();
         inner.pid = proc::self_pid();
         inner.fork_gen = crate::segment::os::fork::generation();
@@ -1045,8 +1049,9 @@ impl Segment {
         Ok(())
     }
 
-    /// Resolves `offset` to a shared reference into the user region (past the header
-    /// and registry, inside the committed size), for types made of atomics only.
+    /// Resolves `offset` to a shared reference into the
+    /// [raw region](Self::raw_region) (past the header and registry, outside any
+    /// heap, inside the committed size), for types made of atomics only.
     ///
     /// # Safety
     ///
@@ -1062,7 +1067,8 @@ impl Segment {
     ///
     /// [`Error::BadOffset`] if the offset is null, misaligned for `T`, below
     /// [`user_offset`](Self::user_offset), or if the `T` would extend past the
-    /// committed size.
+    /// committed size; [`Error::RegionInUse`] if it would reach past the raw
+    /// region into the heap.
     ///
     /// # Examples
     ///

@@ -38,9 +38,9 @@ pub trait LockTable {
     fn unlock(&self, i: u32);
     /// Whether a handle other than this one holds lock `i`.
     fn held_elsewhere(&self, i: u32) -> Result<bool>;
-    /// The first lock at index `i` or above held by another handle, if any (one
-    /// probe over the whole range for OFD locks).
-    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>>;
+    /// Whether another handle holds any of the `n` locks from index `i` (one probe
+    /// over the range for OFD locks).
+    fn any_held_elsewhere(&self, i: u32, n: u32) -> Result<bool>;
 }
 
 /// OFD locks on one byte per lock, through the given descriptor.
@@ -159,15 +159,12 @@ impl LockTable for OfdLocks<'_> {
         Ok(i32::from(fl.l_type) != libc::F_UNLCK)
     }
 
-    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>> {
+    fn any_held_elsewhere(&self, i: u32, n: u32) -> Result<bool> {
         let mut fl = Self::flock(libc::F_WRLCK, i);
-        fl.l_len = 0; // to the end of the byte space
+        fl.l_len = i64::from(n.max(1));
         self.fcntl(libc::F_OFD_GETLK, &mut fl)
             .map_err(Error::at("fcntl(F_OFD_GETLK)"))?;
-        if i32::from(fl.l_type) == libc::F_UNLCK {
-            return Ok(None);
-        }
-        Ok(Some(u64::try_from(fl.l_start - LOCK_BASE).unwrap_or(0)))
+        Ok(i32::from(fl.l_type) != libc::F_UNLCK)
     }
 }
 
@@ -240,13 +237,15 @@ impl LockTable for MemHandle<'_> {
         Ok(cur != 0 && cur != self.token)
     }
 
-    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>> {
-        for (j, w) in self.table.words.iter().enumerate().skip(i as usize) {
-            let cur = w.load(Ordering::Acquire);
-            if cur != 0 && cur != self.token {
-                return Ok(Some(j as u64));
-            }
-        }
-        Ok(None)
+    fn any_held_elsewhere(&self, i: u32, n: u32) -> Result<bool> {
+        let held = self
+            .table
+            .words
+            .iter()
+            .skip(i as usize)
+            .take(n as usize)
+            .map(|w| w.load(Ordering::Acquire))
+            .any(|cur| cur != 0 && cur != self.token);
+        Ok(held)
     }
 }

@@ -40,8 +40,11 @@ impl SegmentOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::AlreadyExists`], [`Error::InUse`] (with `replace_stale`, a live
-    /// segment), [`Error::InvalidName`], [`Error::InvalidSize`],
+    /// [`Error::AlreadyExists`] (also with `replace_stale`, when another process
+    /// keeps creating, reclaiming or replacing the object meanwhile),
+    /// [`Error::InUse`] (with `replace_stale`, a live segment), [`Error::BadMagic`]
+    /// (with `replace_stale`, a foreign object at the name),
+    /// [`Error::InvalidName`], [`Error::InvalidSize`],
     /// [`Error::NoSpace`] when the backing store cannot hold the committed size, and
     /// [`Error::Os`] for other OS failures.
     ///
@@ -60,7 +63,10 @@ impl SegmentOptions {
         for _ in 0..8 {
             match self.create_once() {
                 Err(Error::AlreadyExists(w)) => {
-                    self.replace_if_stale()?;
+                    if !self.replace_if_stale()? {
+                        // Someone else is creating, reclaiming or replacing it.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
                     last = Some(Error::AlreadyExists(w));
                 }
                 r => return r,
@@ -172,8 +178,10 @@ impl SegmentOptions {
             return self.create().map(|s| (s, Opened::Created));
         }
         let mut last = None;
+        let mut replaced = false;
         for _ in 0..16 {
             match self.create_once() {
+                Ok(s) if replaced => return Ok((s, Opened::Replaced)),
                 Ok(s) => return Ok((s, Opened::Created)),
                 Err(Error::AlreadyExists(_)) => {}
                 Err(e @ Error::NotFound(_)) => {
@@ -185,7 +193,10 @@ impl SegmentOptions {
             }
             if self.replace_stale {
                 match self.replace_if_stale() {
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        replaced = true;
+                        continue;
+                    }
                     Ok(false) | Err(Error::InUse { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -417,11 +428,13 @@ impl SegmentOptions {
             )));
         }
         let map = sysv::attach(id, plan.max_size)?;
-        sysv::populate(&map, 0, plan.committed)?;
-        // First write: the magic, so that a half-made segment is recognisably ours.
-        // SAFETY: the mapping is max_size >= HEADER_SIZE bytes, page-aligned and
-        // committed for its first page; nobody reads it as Ready before publish.
+        // First write, right after attaching: the magic, so that a half-made
+        // segment is recognisably ours as early as possible.
+        // SAFETY: the mapping is max_size >= HEADER_SIZE bytes, page-aligned; a
+        // System V page is supplied on first touch; nobody reads it as Ready before
+        // publish.
         unsafe { map.ptr().as_ptr().cast::<[u8; 8]>().write_volatile(MAGIC) };
+        sysv::populate(&map, 0, plan.committed)?;
         let mut seg = self.initialise(plan, map, store, None)?;
         seg.inner_mut().created = true;
         Ok(seg)
@@ -676,47 +689,37 @@ impl SegmentOptions {
 
     /// With `replace_stale`: removes the existing object at our name if it is a
     /// shmkit segment that no live process is attached to. `Ok(true)` if it removed
-    /// it, `Ok(false)` if there was nothing to remove or someone else is creating,
-    /// reclaiming or replacing it; [`Error::InUse`] if live processes use it.
+    /// it; `Ok(false)` if there was nothing to remove, someone else is creating,
+    /// reclaiming or replacing it, it is not provably ours yet (no magic: a creator
+    /// at work, or a dead one's, which `open` judges), or it vanished meanwhile;
+    /// [`Error::InUse`] if live processes use it; [`Error::BadMagic`] for a foreign
+    /// object. Everything is decided under the object's init lock.
     fn replace_if_stale(&self) -> Result<bool> {
-        let (store, what, unlink): (Store, String, Box<dyn Fn() -> Result<bool>>) = match &self.spec
-        {
+        match self.replace_if_stale_inner() {
+            Err(Error::NotFound(_)) => Ok(false), // vanished between two steps
+            r => r,
+        }
+    }
+
+    fn replace_if_stale_inner(&self) -> Result<bool> {
+        let (store, what, map) = match &self.spec {
             Spec::Posix(_) | Spec::File(_) => {
                 let (path, what) = match &self.spec {
                     Spec::Posix(n) => (fd::shm_path(names::validate(n)?), n.clone()),
                     Spec::File(p) => (p.clone(), p.display().to_string()),
                     _ => unreachable!("matched above"),
                 };
-                let fd = match fd::open(&path, false, 0, &what) {
-                    Ok(fd) => fd,
-                    Err(Error::NotFound(_)) => return Ok(false),
-                    Err(e) => return Err(e),
-                };
+                let fd = fd::open(&path, false, 0, &what)?;
                 fd::check_object(
                     fd.as_fd(),
                     &what,
                     self.allow_foreign_owner,
                     self.allow_shared_write,
                 )?;
-                let magic = fd::read_magic(fd.as_fd())?;
-                if magic != MAGIC {
-                    // Not provably ours (a foreign file, or a creator that has
-                    // not written its magic yet): never replaced.
-                    return Err(Error::BadMagic { found: magic });
-                }
-                let (ident, _) = fd::identity(fd.as_fd())?;
-                (
-                    Store::Fd(fd),
-                    what,
-                    Box::new(move || fd::unlink_if_same(&path, ident)),
-                )
+                (Store::Fd(fd), what, None)
             }
             Spec::SysV(Some(key)) => {
-                let id = match sysv::lookup(*key) {
-                    Ok(id) => id,
-                    Err(Error::NotFound(_)) => return Ok(false),
-                    Err(e) => return Err(e),
-                };
+                let id = sysv::lookup(*key)?;
                 let st = sysv::stat(id)?;
                 let me = rustix::process::geteuid().as_raw();
                 if st.uid != me && !self.allow_foreign_owner {
@@ -725,16 +728,12 @@ impl SegmentOptions {
                         expected: me,
                     });
                 }
-                let map = sysv::attach(id, HEADER_SIZE)?;
-                let magic = header_magic(&map);
-                if magic != MAGIC {
-                    return Err(Error::BadMagic { found: magic });
-                }
+                let map = sysv::attach(id, st.size.max(HEADER_SIZE))?;
                 let lock = sysv::lock_file(id, self.allow_foreign_owner, self.allow_shared_write)?;
                 (
                     Store::SysV { id, lock },
                     format!("System V segment {id}"),
-                    Box::new(move || sysv::remove(id).map(|()| true)),
+                    Some(map),
                 )
             }
             _ => return Ok(false),
@@ -742,11 +741,47 @@ impl SegmentOptions {
         if !store.locks().try_lock(INIT_LOCK)? {
             return Ok(false); // a creator, reclaimer or replacer is at work
         }
-        let live = live_attachments(&store)?;
-        if live > 0 {
-            return Err(Error::InUse { what, live });
+        // Under the init lock: still the object at our name, and ours?
+        let magic = match (&store, &map) {
+            (Store::Fd(f), _) => {
+                if fd::identity(f.as_fd())?.1 == 0 {
+                    return Ok(false); // already unlinked by another replacer
+                }
+                fd::read_magic(f.as_fd())?
+            }
+            (Store::SysV { id, .. }, Some(m)) => {
+                if sysv::stat(*id)?.dest {
+                    return Ok(false); // already removed
+                }
+                header_magic(m)
+            }
+            _ => unreachable!("built above"),
+        };
+        if magic == [0; 8] {
+            return Ok(false); // not provably ours yet: `open` waits or judges it
         }
-        unlink() // dropping the store releases the init lock
+        if magic != MAGIC {
+            return Err(Error::BadMagic { found: magic });
+        }
+        if any_live(&store)? {
+            return Err(Error::InUse {
+                live: count_live(&store)?.max(1),
+                what,
+            });
+        }
+        // Dropping the store afterwards releases the init lock.
+        match &store {
+            Store::Fd(f) => {
+                let path = match &self.spec {
+                    Spec::Posix(n) => fd::shm_path(names::validate(n)?),
+                    Spec::File(p) => p.clone(),
+                    _ => unreachable!("an fd store is a posix or file spec"),
+                };
+                fd::unlink_if_same(&path, fd::identity(f.as_fd())?.0)
+            }
+            Store::SysV { id, .. } => sysv::remove(*id).map(|()| true),
+            Store::Heap { .. } => unreachable!("not built above"),
+        }
     }
 
     /// Removes a named object left unready by a dead creator, under its init lock.
@@ -784,6 +819,13 @@ impl SegmentOptions {
                         || fd::read_state(fd.as_fd())? != init::READY);
                 if !ours_and_unready {
                     return Ok(false);
+                }
+                if any_live(&store)? {
+                    return Err(Error::corrupt(
+                        "segment state",
+                        "not Ready (or truncated) while live processes are attached to it: \
+                         a peer damaged it; not reclaimed",
+                    ));
                 }
                 let len = fd::size(fd.as_fd())?;
                 if len >= HEADER_SIZE && len % PAGE_SIZE == 0 {
@@ -946,21 +988,26 @@ fn snapshot(map: &Mapping) -> Result<HeaderFields> {
     Ok(fields)
 }
 
-/// Registry slots whose kernel-released lock another handle holds: the live
-/// attachments, by the kernel's evidence alone (no registry word is read).
-fn live_attachments(store: &Store) -> Result<u32> {
+/// Whether another handle holds a registry slot's lock: a live attachment, by
+/// the kernel's evidence alone (no registry word is read). One probe over the
+/// slot locks of the largest registry (the init lock and a System V lock file's
+/// presence lock lie outside it).
+fn any_live(store: &Store) -> Result<bool> {
+    let slots = crate::segment::header::MAX_SLOTS;
+    store
+        .locks()
+        .any_held_elsewhere(crate::segment::registry::lock_index(0), slots)
+}
+
+/// How many registry slots' locks other handles hold (one probe per slot, up to
+/// the largest registry): for messages only, decisions use [`any_live`].
+fn count_live(store: &Store) -> Result<u32> {
     let locks = store.locks();
-    let mut live = 0u32;
-    let mut from = INIT_LOCK + 1;
-    while let Some(i) = locks.next_held_elsewhere(from)? {
-        if i > u64::from(crate::segment::header::MAX_SLOTS) {
-            // Not a slot lock (a per-incarnation one): evidence of life all the
-            // same, counted only if no slot lock was.
-            live = live.max(1);
-            break;
+    let mut live = 0;
+    for slot in 0..crate::segment::header::MAX_SLOTS {
+        if locks.held_elsewhere(crate::segment::registry::lock_index(slot))? {
+            live += 1;
         }
-        live += 1;
-        from = i as u32 + 1;
     }
     Ok(live)
 }
@@ -974,9 +1021,9 @@ fn live_attachments(store: &Store) -> Result<u32> {
 /// neither is half-made (its creator died before publishing) and may be
 /// reclaimed: one forged word is never enough to lose a segment.
 fn published_evidence(map: &Mapping, store: &Store, state: u32) -> Result<Option<Error>> {
-    let live = live_attachments(store)?;
-    let attached_once = snapshot(map).is_ok_and(|f| ever_attached(map, &f));
-    if live == 0 && !attached_once {
+    let live = any_live(store)?;
+    let attached_once = !live && snapshot(map).is_ok_and(|f| ever_attached(store, map, &f));
+    if !live && !attached_once {
         return Ok(None);
     }
     Ok(Some(Error::corrupt(
@@ -984,8 +1031,8 @@ fn published_evidence(map: &Mapping, store: &Store, state: u32) -> Result<Option
         format!(
             "state word {state} (not Ready) in a segment that {}: a peer overwrote it; \
              not reclaimed (remove it by hand once nobody needs its data)",
-            if live > 0 {
-                format!("{live} live process(es) are attached to")
+            if live {
+                "live processes are attached to".to_owned()
             } else {
                 "processes have attached to (its registry says so)".to_owned()
             }
@@ -994,16 +1041,38 @@ fn published_evidence(map: &Mapping, store: &Store, state: u32) -> Result<Option
 }
 
 /// Whether any registry slot of a validated header shows that a process attached
-/// (a claimed word, or the pid and time an attach leaves behind).
-fn ever_attached(map: &Mapping, f: &HeaderFields) -> bool {
-    (0..f.registry_slots as usize).any(|i| {
-        let at = f.registry_offset as usize + i * size_of::<Slot>();
-        // SAFETY: `validate` proved the registry lies below user_offset <= max_size
-        // == the mapping's length, slot-aligned (64); Slot is atomics only (any
-        // bits valid), read with relaxed loads because peers may write them.
-        let slot = unsafe { &*map.ptr().as_ptr().add(at).cast::<Slot>() };
-        slot.state.load(Ordering::Relaxed) != 0
-            || slot.pid.load(Ordering::Relaxed) != 0
-            || slot.attached_ns.load(Ordering::Relaxed) != 0
+/// (a claimed word, or the pid and time an attach leaves behind). Read with
+/// `pread` where there is a descriptor (a hole in a sparse file then reads as
+/// zeros instead of faulting in a page a full store cannot supply).
+fn ever_attached(store: &Store, map: &Mapping, f: &HeaderFields) -> bool {
+    let len = f.registry_slots as usize * size_of::<Slot>();
+    let mut bytes = vec![0u8; len];
+    match store {
+        Store::Fd(fd) => {
+            let mut done = 0;
+            while done < len {
+                let at = f.registry_offset + done as u64;
+                match rustix::io::pread(fd, &mut bytes[done..], at) {
+                    Ok(0) | Err(_) => break, // short or unreadable: zeros, "never"
+                    Ok(n) => done += n,
+                }
+            }
+        }
+        _ => {
+            // SAFETY: `validate` proved the registry lies below user_offset <=
+            // max_size == the mapping's length; System V and heap segments have no
+            // size-limited store to fault on. Volatile byte copies: peers may write.
+            let src = unsafe { map.ptr().as_ptr().add(f.registry_offset as usize) };
+            for (i, b) in bytes.iter_mut().enumerate() {
+                // SAFETY: i < len, inside the registry (above).
+                *b = unsafe { src.add(i).read_volatile() };
+            }
+        }
+    }
+    // A slot: state u64, pid u32, uid u32, start_time u64, pidns u64, attached_ns
+    // u64, ... (src/segment/registry.rs); any of state, pid or attached_ns set.
+    bytes.chunks_exact(size_of::<Slot>()).any(|slot| {
+        let word = |at: usize, n: usize| slot[at..at + n].iter().any(|&b| b != 0);
+        word(0, 8) || word(8, 4) || word(32, 8)
     })
 }

@@ -68,6 +68,10 @@ pub enum Opened {
     Created,
     /// It already existed (possibly after reclaiming a half-made one).
     Existing,
+    /// This call created it in place of a stale segment of the same name, whose
+    /// every attached process was dead (only with
+    /// [`SegmentOptions::replace_stale`]).
+    Replaced,
 }
 
 /// Builder for every kind of [`Segment`](crate::Segment).
@@ -271,8 +275,10 @@ impl SegmentOptions {
         self
     }
 
-    /// The initially committed (backed) size, a multiple of 4096. Default: just the
-    /// header and registry.
+    /// The initially committed (backed) size, a multiple of 4096. Never less than
+    /// what the creator writes: the header and registry, and with a heap (the
+    /// default) the heap's header too — a smaller value is raised to that, which
+    /// is also the default. (`Heap::attach` commits the heap's tables as well.)
     ///
     /// # Examples
     ///

@@ -45,10 +45,10 @@ impl LockTable for Locks<'_> {
             Locks::Mem(l) => l.held_elsewhere(i),
         }
     }
-    fn next_held_elsewhere(&self, i: u32) -> Result<Option<u64>> {
+    fn any_held_elsewhere(&self, i: u32, n: u32) -> Result<bool> {
         match self {
-            Locks::Ofd(l) => l.next_held_elsewhere(i),
-            Locks::Mem(l) => l.next_held_elsewhere(i),
+            Locks::Ofd(l) => l.any_held_elsewhere(i, n),
+            Locks::Mem(l) => l.any_held_elsewhere(i, n),
         }
     }
 }
