@@ -210,10 +210,8 @@ fn adjacent_slot_locks_of_one_description_do_not_hang_replace_stale() {
     fl.l_start = (1i64 << 40) + 1; // the locks of slots 0 and 1, as one range
     fl.l_len = 2;
     // SAFETY: a valid descriptor and an exclusively borrowed flock.
-    assert_eq!(
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) },
-        0
-    );
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(r, 0);
     let (tx, rx) = std::sync::mpsc::channel();
     let n = name.clone();
     std::thread::spawn(move || {
