@@ -625,18 +625,14 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmkit::{Error, Offset, SegmentOptions};
+    /// use shmkit::{Error, SegmentOptions};
     /// use std::sync::atomic::{AtomicU64, Ordering};
-    /// let seg = SegmentOptions::sysv_private()
-    ///     .max_size(1 << 20)
-    ///     .committed(64 << 10)
-    ///     .create()?;
+    /// let seg = SegmentOptions::sysv_private().max_size(1 << 20).create()?;
+    /// let word = seg.find_or_create::<AtomicU64>("word", ())?;
     /// let id = seg.sysv_id().unwrap();
     /// seg.remove_now()?;
     /// assert!(matches!(SegmentOptions::sysv_id(id).open(), Err(Error::NotFound(_))));
     /// // Still attached, still usable, until the last handle detaches.
-    /// // SAFETY: this program views this offset as an AtomicU64 only.
-    /// let word = unsafe { seg.resolve(Offset::<AtomicU64>::new(seg.user_offset()))? };
     /// word.store(7, Ordering::Relaxed);
     /// assert_eq!(word.load(Ordering::Relaxed), 7);
     /// # Ok::<(), shmkit::Error>(())
