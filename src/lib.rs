@@ -95,6 +95,14 @@ pub mod fuzzing;
 #[doc(hidden)]
 pub mod testkit {
     pub use crate::directory::crash::{arm, died, disarm};
+
+    /// The byte offset of registry slot `slot` in `seg` (its 64-bit state word
+    /// first, then the `u32` pid and uid and the `u64` start time and pid
+    /// namespace), `None` out of range: for tests that play a peer overwriting the
+    /// registry.
+    pub fn registry_slot_offset(seg: &crate::Segment, slot: u32) -> Option<u64> {
+        seg.registry_slot_offset(slot)
+    }
 }
 mod layout;
 // The one door for atomics, UnsafeCell and futexes; public only to loom models.
@@ -132,7 +140,7 @@ pub mod model {
     /// The directory's create-race decision.
     pub use crate::directory::protocol::{Found, Mode, Step, step};
     pub use crate::segment::init;
-    pub use crate::segment::locks::{LockTable, MemHandle, MemLocks};
+    pub use crate::segment::locks::{LockTable, MemHandle, MemLocks, Witness};
     pub use crate::segment::registry::{Identity, Slot, claim, reclaim, release};
 }
 

@@ -12,3 +12,6 @@ mod common;
 mod backing;
 #[path = "hostile/region.rs"]
 mod region;
+
+#[path = "hostile/liveness.rs"]
+mod liveness;

@@ -9,9 +9,10 @@
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
+use shmkit::OwnerTag;
 use shmkit::loom::{AtomicU32, Ordering};
 use shmkit::model::{
-    Identity, LockTable, MemHandle, MemLocks, Slot, claim, init, reclaim, release,
+    Identity, LockTable, MemHandle, MemLocks, Slot, Witness, claim, init, reclaim, release,
 };
 
 const INIT: u32 = 0;
@@ -266,6 +267,57 @@ fn a_claimer_that_dies_half_way_leaves_a_reclaimable_slot() {
             assert_eq!(i, 0);
             assert_eq!(slots[0].state.load(Ordering::Acquire), 4 | 2);
             assert!(release(&slots, &me, 0, 4));
+        });
+    }
+}
+
+/// The tag witness answers for a published tag: a prober that sees the slot word
+/// say ACTIVE finds the witness of the tag it names held (the claimer takes it
+/// before publishing), for as long as the owner lives; once the owner dies (the
+/// kernel's part played by `release_all`) or detaches, it is free. The prober never
+/// looks at the word again to decide.
+#[test]
+fn a_published_tag_is_witnessed_until_its_owner_goes() {
+    for dies in [false, true] {
+        loom::model(move || {
+            let slots = slots(1);
+            let table = MemLocks::new(2);
+            let done = Arc::new(AtomicU32::new(0));
+            let (s2, t2, d2) = (slots.clone(), table.clone(), done.clone());
+            let owner = thread::spawn(move || {
+                let token = t2.token();
+                let me = MemHandle { table: &t2, token };
+                let i = claim(&s2, &me, &who(4)).unwrap();
+                while d2.load(Ordering::Acquire) == 0 {
+                    thread::yield_now();
+                }
+                if dies {
+                    t2.release_all(token); // SIGKILL
+                } else {
+                    assert!(release(&s2, &me, i, 4));
+                }
+            });
+            let me = MemHandle {
+                table: &table,
+                token: table.token(),
+            };
+            let tag = Witness::Tag(OwnerTag::new(0, 4).unwrap());
+            let word = slots[0].state.load(Ordering::Acquire);
+            if word == 4 | 2 {
+                assert!(
+                    me.witness_held_elsewhere(tag).unwrap(),
+                    "a published tag unwitnessed"
+                );
+            }
+            // A flipped incarnation names a tag nobody witnesses.
+            let flipped = Witness::Tag(OwnerTag::new(0, 4 ^ (1 << 9)).unwrap());
+            assert!(!me.witness_held_elsewhere(flipped).unwrap());
+            done.store(1, Ordering::Release);
+            owner.join().unwrap();
+            assert!(
+                !me.witness_held_elsewhere(tag).unwrap(),
+                "the owner is gone"
+            );
         });
     }
 }

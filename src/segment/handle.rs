@@ -10,11 +10,11 @@ use crate::layout::{PAGE_SIZE, ShmSafe, ShmShared, align_up};
 use crate::loom::{AtomicU64, Ordering};
 use crate::ptr::Offset;
 use crate::segment::header::{Header, HeaderFields, check_committed};
-use crate::segment::locks::LockTable;
+use crate::segment::liveness::{SLOT_CHANGES, SUSPECT_RETRIES, corrupt_slot, read_slot};
 use crate::segment::mapping::Mapping;
 use crate::segment::options::{SegmentKind, SegmentOptions, Spec};
 use crate::segment::os::{fd, memfd, sysv};
-use crate::segment::registry::{self, ACTIVE, CLAIMING, Identity, STATUS_MASK, Slot};
+use crate::segment::registry::{self, ACTIVE, Identity, STATUS_MASK, Slot};
 use crate::segment::slot_info::{SlotInfo, SlotState};
 use crate::segment::store::Store;
 use crate::segment::{names, proc};
@@ -178,14 +178,6 @@ impl Segment {
         inner.slot = slot;
         inner.incarnation = who.incarnation;
         Ok(())
-    }
-
-    /// The state word of registry slot `slot` (Acquire), `None` if out of range.
-    pub(crate) fn slot_word(&self, slot: u32) -> Option<u64> {
-        // SYNC: Acquire pairs with the Release CAS in registry::claim.
-        self.slots()
-            .get(slot as usize)
-            .map(|s| s.state.load(Ordering::Acquire))
     }
 
     /// The registry slots (validated offsets from the header snapshot).
@@ -712,7 +704,9 @@ impl Segment {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for an index out of range; [`Error::Os`] if the
-    /// lock probe fails.
+    /// lock probe fails; [`Error::Corrupt`] if the slot's words disagree with the
+    /// kernel's evidence ([`SlotState::Corrupt`]: somebody live holds the slot, but
+    /// not as the words say).
     ///
     /// # Examples
     ///
@@ -726,16 +720,24 @@ impl Segment {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn is_alive(&self, slot: u32) -> Result<bool> {
-        Ok(self.slot_info(slot)?.state == SlotState::Alive)
+        let info = self.slot_info(slot)?;
+        if info.state == SlotState::Corrupt {
+            return Err(corrupt_slot(&info));
+        }
+        Ok(info.state == SlotState::Alive)
     }
 
     /// The verdict on one slot.
     ///
-    /// The verdict comes from the slot's liveness lock, which the kernel releases
-    /// when its holder dies, so a reused pid or a zombie is never taken for the
-    /// owner. A held lock is cross-checked against the recorded pid and start time
-    /// (same pid namespace only), which catches a forked child that inherited the
-    /// lock and outlived its parent.
+    /// The verdict comes from the kernel: the tag witness of the incarnation the
+    /// slot word names (a lock its owner holds while attached) and the slot's
+    /// liveness lock, both released by the kernel when their holder dies, so a
+    /// reused pid or a zombie is never taken for the owner. A held witness is
+    /// cross-checked against the recorded pid and start time (same pid namespace
+    /// only), which catches a forked child that inherited the locks and outlived
+    /// its parent, and the identity witness must vouch for those fields first.
+    /// A slot word that disagrees with the locks (the slot lock is held, but not
+    /// by the incarnation the word names) is [`SlotState::Corrupt`], never `Dead`.
     ///
     /// # Errors
     ///
@@ -760,58 +762,42 @@ impl Segment {
             .slots()
             .get(slot as usize)
             .ok_or(Error::InvalidArgument("slot index out of range"))?;
-        // Seqlock-style: the fields belong to `word` only if the word is unchanged
-        // after reading them (a slot can be released and re-claimed meanwhile).
-        let (word, pid, uid, start_time, pidns, attached_ns) = loop {
-            // SYNC: Acquire pairs with the Release CAS in registry::claim; the
-            // identity fields below are those the claimer published.
-            let word = s.state.load(Ordering::Acquire);
-            let fields = (
-                s.pid.load(Ordering::Relaxed),
-                s.uid.load(Ordering::Relaxed),
-                s.start_time.load(Ordering::Relaxed),
-                s.pidns.load(Ordering::Relaxed),
-                s.attached_ns.load(Ordering::Relaxed),
-            );
-            // SYNC: an Acquire fence orders the field loads before the re-check
-            // (the seqlock read side).
-            crate::loom::fence(Ordering::Acquire);
-            if s.state.load(Ordering::Relaxed) == word {
-                break (word, fields.0, fields.1, fields.2, fields.3, fields.4);
-            }
-            crate::loom::spin_loop();
-        };
-        let own = slot == self.inner.slot && word == (self.inner.incarnation | ACTIVE);
-        let state = if word == 0 {
-            SlotState::Free
-        } else if own {
-            SlotState::Alive
-        } else if !self
-            .inner
-            .store
-            .locks()
-            .held_elsewhere(registry::lock_index(slot))?
-        {
-            if word & STATUS_MASK == CLAIMING {
-                SlotState::Claiming
+        let mut suspect = 0;
+        let mut changes = 0;
+        loop {
+            let (word, fields, attached_ns) = read_slot(s);
+            let own = slot == self.inner.slot && word == (self.inner.incarnation | ACTIVE);
+            let state = if word == 0 {
+                SlotState::Free
+            } else if own {
+                SlotState::Alive
             } else {
-                SlotState::Dead
+                self.slot_verdict(slot, word, fields)?
+            };
+            // The verdict is on `word`: if the slot changed during the probes, judge
+            // the new word (a slot keeps changing only under a misbehaving peer).
+            // SYNC: Acquire pairs with the Release CAS in registry::claim/release.
+            if s.state.load(Ordering::Acquire) != word && changes < SLOT_CHANGES {
+                changes += 1;
+                crate::loom::spin_loop();
+                continue;
             }
-        } else if word & STATUS_MASK != ACTIVE {
-            SlotState::Claiming
-        } else if pidns != 0 && pidns == proc::self_pidns() {
-            owner_verdict(pid, uid, start_time)
-        } else {
-            SlotState::Alive
-        };
-        Ok(SlotInfo {
-            index: slot,
-            state,
-            pid: if word == 0 { 0 } else { pid },
-            incarnation: word & !STATUS_MASK,
-            attached_ns,
-            own,
-        })
+            // A reclaimer holds a dead owner's slot lock for a moment: give it time
+            // to finish before calling the slot corrupt.
+            if state == SlotState::Corrupt && suspect < SUSPECT_RETRIES {
+                suspect += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            return Ok(SlotInfo {
+                index: slot,
+                state,
+                pid: if word == 0 { 0 } else { fields.pid },
+                incarnation: word & !STATUS_MASK,
+                attached_ns,
+                own,
+            });
+        }
     }
 
     /// Every slot that is not free, with its verdict.
@@ -1343,37 +1329,6 @@ impl Drop for Inner {
             // The last shmkit handle on a removed segment takes its lock file along.
             sysv::discard_if_removed(*id, lock.as_fd());
         }
-    }
-}
-
-/// The verdict on a slot whose liveness lock is held, from what /proc says of its
-/// recorded owner (same pid namespace). The lock is authoritative for "dead"; a held
-/// lock is overruled only by positive evidence that the owner is gone: a forked
-/// descendant holds an inherited copy of the lock.
-fn owner_verdict(pid: u32, uid: u32, start_time: u64) -> SlotState {
-    match proc::lookup(pid) {
-        proc::Lookup::Present(st) => {
-            // A different start time: the pid was reused. A zombie with no live
-            // thread: the owner has exited (its lock lives on in a descendant).
-            let reused = start_time != 0 && st.start_time != start_time;
-            let exited = (st.state == b'Z' || st.state == b'X') && !proc::has_live_threads(pid);
-            if reused || exited {
-                SlotState::Dead
-            } else {
-                SlotState::Alive
-            }
-        }
-        proc::Lookup::Gone => {
-            // /proc mounted with hidepid hides other users' processes: only trust
-            // "gone" for our own uid (or as root, who sees everything).
-            let me = rustix::process::geteuid().as_raw();
-            if uid == me || me == 0 {
-                SlotState::Dead
-            } else {
-                SlotState::Alive
-            }
-        }
-        proc::Lookup::Unknown => SlotState::Alive,
     }
 }
 

@@ -73,9 +73,11 @@ const _: () = {
 };
 
 /// The fingerprint of this build's layout: architecture, endianness, pointer width,
-/// format version and the sizes of the structures in the segment.
+/// format version, the sizes of the structures in the segment and the liveness
+/// protocol (builds that judge liveness differently must not share a segment).
 pub(crate) fn fingerprint() -> u64 {
     let mut h = fnv1a(FNV_START, std::env::consts::ARCH.as_bytes());
+    h = fnv1a(h, super::locks::PROTOCOL);
     h = fnv1a(
         h,
         if cfg!(target_endian = "little") {

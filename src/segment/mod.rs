@@ -5,6 +5,7 @@ mod handle;
 mod header;
 #[doc(hidden)]
 pub mod init;
+mod liveness;
 #[doc(hidden)]
 pub mod locks;
 mod mapping;

@@ -2,7 +2,6 @@
 //! say it, and the question every robust structure asks: is that owner alive?
 
 use crate::segment::handle::Segment;
-use crate::segment::registry::{ACTIVE, STATUS_MASK};
 
 /// Bits of an owner tag that carry the incarnation.
 const INC_BITS: u32 = 46;
@@ -69,12 +68,6 @@ impl OwnerTag {
     pub const fn is_nobody(self) -> bool {
         self.0 & INC_MASK == 0
     }
-
-    /// Whether `incarnation` (a registry slot word's incarnation) matches this tag.
-    #[inline]
-    fn matches(self, incarnation: u64) -> bool {
-        ((incarnation >> 2) & INC_MASK).max(1) == self.0 & INC_MASK
-    }
 }
 
 impl Segment {
@@ -94,15 +87,25 @@ impl Segment {
         OwnerTag::new(self.slot(), self.incarnation()).unwrap_or(OwnerTag(0))
     }
 
-    /// Whether the holder `tag` names is alive: its slot still holds that
-    /// incarnation, attached, and the registry judges it alive. A tag naming nobody,
-    /// a slot out of range, a detached or reused slot, and a dead process are all
-    /// "not alive". Costs a few loads for our own tag or a changed slot, and one
-    /// lock probe (a syscall) otherwise.
+    /// Whether the holder `tag` names is alive: the kernel still holds its tag
+    /// witness (a lock on a byte whose offset is the tag, taken by the owner before
+    /// its registry slot said so and released only after it detached), and `/proc`
+    /// does not show its vouched-for pid gone. A tag naming nobody, a slot out of
+    /// range, a detached owner and a dead process are all "not alive".
+    ///
+    /// No segment word decides "not alive": a registry slot word that a peer
+    /// rewrote (another incarnation, free, claiming) changes nothing, and a
+    /// rewritten pid or start time is caught by the identity witness (the verdict
+    /// is then "alive"). When the question cannot be answered (a probe fails, an
+    /// inherited handle in a forked child) the answer is "alive".
+    ///
+    /// Costs a compare for our own tag, one lock probe (a syscall) for a dead or
+    /// detached owner, and a probe and a `/proc` read for a live one.
     ///
     /// # Examples
     ///
     /// See [`OwnerTag`].
+    #[inline]
     pub fn is_owner_alive(&self, tag: OwnerTag) -> bool {
         if tag.is_nobody() {
             return false;
@@ -110,17 +113,6 @@ impl Segment {
         if tag == self.owner_tag() {
             return true;
         }
-        let Some(word) = self.slot_word(tag.slot()) else {
-            return false; // slot out of range: a corrupt tag names nobody
-        };
-        if word & STATUS_MASK != ACTIVE || !tag.matches(word & !STATUS_MASK) {
-            return false;
-        }
-        // Same incarnation still attached: ask the registry (lock probe, /proc).
-        // An error means we cannot tell: assume alive (never declare a live
-        // owner dead on weak evidence).
-        self.slot_info(tag.slot()).map_or(true, |i| {
-            i.state == crate::SlotState::Alive && i.incarnation == word & !STATUS_MASK
-        })
+        self.foreign_owner_alive(tag)
     }
 }

@@ -14,21 +14,34 @@
 //!
 //! # Protocol
 //!
-//! *Claim*: CAS `0 → inc|CLAIMING`; take the slot's liveness lock (if another handle
-//! holds it, undo and try the next slot); fill in pid and start time; CAS
-//! `inc|CLAIMING → inc|ACTIVE` (fails only if a reclaimer freed the slot meanwhile,
-//! in which case unlock and go on). *Release*: CAS `inc|ACTIVE → 0`, then unlock.
-//! *Reclaim*: take the slot's lock (proof that no live process holds it), then CAS
-//! whatever non-zero word is there to `0`, then unlock.
+//! *Claim*: CAS `0 → inc|CLAIMING`; take the slot's liveness lock, then the tag and
+//! identity witnesses of `(slot, inc)` (see [`locks`](super::locks); if another
+//! handle holds any of them, undo and try the next slot); fill in pid and start
+//! time; CAS `inc|CLAIMING → inc|ACTIVE` (fails only if a reclaimer freed the slot
+//! meanwhile, in which case unlock and go on). *Release*: CAS `inc|ACTIVE → 0`, then
+//! unlock the witnesses, then the slot lock. *Reclaim*: take the slot's lock (proof
+//! that no live process holds it), then CAS whatever non-zero word is there to `0`,
+//! then unlock.
 //!
 //! A process killed at any step leaves either a free slot, or a non-free slot whose
 //! lock the kernel released: reclaimable, never stuck. A claimer that finds its slot
 //! reclaimed under it simply retries.
+//!
+//! # What the words are trusted for
+//!
+//! The state word only finds candidates. Whether the owner of tag `(slot, inc)` is
+//! alive is the kernel's answer about the tag witness, which the owner holds
+//! before its word says `ACTIVE` and until after it cleared it; the identity
+//! fields feed a `/proc` cross-check only while the identity witness vouches for
+//! them. A word that disagrees with that evidence is reported as corrupt, never
+//! taken for a death.
 #![allow(unsafe_code)]
 
 use crate::error::{Error, Result};
+use crate::layout::{FNV_START, fnv1a};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
-use crate::segment::locks::LockTable;
+use crate::segment::locks::{LockTable, Witness};
+use crate::segment::owner::OwnerTag;
 
 /// Low bits of a slot word.
 pub(crate) const STATUS_MASK: u64 = 0b11;
@@ -111,6 +124,47 @@ pub(crate) fn lock_index(i: u32) -> u32 {
     i + 1
 }
 
+/// The digest of an owner's identity fields that its identity witness encodes.
+pub(crate) fn identity_digest(
+    tag: OwnerTag,
+    pid: u32,
+    uid: u32,
+    start_time: u64,
+    pidns: u64,
+) -> u64 {
+    let mut h = fnv1a(FNV_START, &tag.bits().to_le_bytes());
+    for v in [u64::from(pid), u64::from(uid), start_time, pidns] {
+        h = fnv1a(h, &v.to_le_bytes());
+    }
+    // Fold the high bits in: the witness keeps the low 60.
+    h ^ (h >> 60)
+}
+
+/// The witnesses an owner of slot `i` described by `who` holds.
+fn witnesses(i: u32, who: &Identity) -> Option<[Witness; 2]> {
+    let tag = OwnerTag::new(i, who.incarnation)?;
+    let digest = identity_digest(tag, who.pid, who.uid, who.start_time, who.pidns);
+    Some([Witness::Tag(tag), Witness::Identity { slot: i, digest }])
+}
+
+/// Takes the witnesses of slot `i` for `who` (undoing a partial take). Returns
+/// whether this handle now holds both.
+fn take_witnesses(locks: &impl LockTable, i: u32, who: &Identity) -> Result<bool> {
+    let Some(ws) = witnesses(i, who) else {
+        return Ok(false); // a slot beyond 16 bits has no tag: never claimed
+    };
+    for (k, w) in ws.iter().enumerate() {
+        let taken = locks.try_lock_witness(*w);
+        if !matches!(taken, Ok(true)) {
+            for held in &ws[..k] {
+                locks.unlock_witness(*held);
+            }
+            return taken;
+        }
+    }
+    Ok(true)
+}
+
 /// Claims a free slot for `who`. Returns the slot index.
 ///
 /// # Errors
@@ -134,12 +188,40 @@ pub fn claim(slots: &[Slot], locks: &impl LockTable, who: &Identity) -> Result<u
         {
             continue;
         }
-        if !locks.try_lock(lock_index(i))? {
-            // A reclaimer, or a forked descendant of a dead owner, holds the lock.
+        let give_back = || {
+            // SYNC: Release pairs with the Acquire CAS of the next claimer.
             let _ = slot
                 .state
                 .compare_exchange(claiming, 0, Ordering::Release, Ordering::Relaxed);
-            continue;
+        };
+        match locks.try_lock(lock_index(i)) {
+            Ok(true) => {}
+            // A reclaimer, or a forked descendant of a dead owner, holds the lock.
+            Ok(false) => {
+                give_back();
+                continue;
+            }
+            Err(e) => {
+                give_back();
+                return Err(e);
+            }
+        }
+        // The witnesses before the word says ACTIVE: from then on peers may ask
+        // about our tag, and the witness must already answer "alive".
+        match take_witnesses(locks, i, who) {
+            Ok(true) => {}
+            // Held elsewhere (a peer squatting on bytes, or a digest collision):
+            // this slot will not do.
+            Ok(false) => {
+                locks.unlock(lock_index(i));
+                give_back();
+                continue;
+            }
+            Err(e) => {
+                locks.unlock(lock_index(i));
+                give_back();
+                return Err(e);
+            }
         }
         slot.pid.store(who.pid, Ordering::Relaxed);
         slot.uid.store(who.uid, Ordering::Relaxed);
@@ -155,7 +237,10 @@ pub fn claim(slots: &[Slot], locks: &impl LockTable, who: &Identity) -> Result<u
             Ordering::Relaxed,
         ) {
             Ok(_) => return Ok(i),
-            Err(_) => locks.unlock(lock_index(i)),
+            Err(_) => {
+                release_witnesses(locks, i, who.incarnation);
+                locks.unlock(lock_index(i));
+            }
         }
     }
     Err(Error::RegistryFull {
@@ -180,8 +265,20 @@ pub fn release(slots: &[Slot], locks: &impl LockTable, i: u32, incarnation: u64)
             Ordering::Relaxed,
         )
         .is_ok();
+    // Witnesses first: whenever the slot lock is free, so are they.
+    release_witnesses(locks, i, incarnation);
     locks.unlock(lock_index(i));
     ours
+}
+
+/// Releases the witnesses an owner of slot `i` with `incarnation` holds (the
+/// identity witness without its digest: the fields in the segment are not trusted
+/// to recompute it).
+fn release_witnesses(locks: &impl LockTable, i: u32, incarnation: u64) {
+    if let Some(tag) = OwnerTag::new(i, incarnation) {
+        locks.unlock_witness(Witness::Tag(tag));
+    }
+    locks.unlock_identity_witnesses(i);
 }
 
 /// Frees slot `i` if it is taken but nobody holds its lock (its owner died, or died

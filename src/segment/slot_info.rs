@@ -12,6 +12,13 @@ pub enum SlotState {
     Alive,
     /// Held by a process that has died; [`Segment::reclaim_dead`](crate::Segment::reclaim_dead) frees it.
     Dead,
+    /// The slot's words disagree with the kernel's evidence: its lock is held, but
+    /// not by the incarnation its state word names, or its recorded identity is
+    /// not the one its owner's identity witness vouches for. A peer overwrote
+    /// them. Never taken for a death: nothing is reclaimed, and
+    /// [`Segment::is_alive`](crate::Segment::is_alive) reports
+    /// [`Error::Corrupt`](crate::Error::Corrupt).
+    Corrupt,
 }
 
 /// What the registry says of one slot.

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::error::Result;
 use crate::loom::Arc;
-use crate::segment::locks::{LockTable, MemHandle, MemLocks, OfdLocks};
+use crate::segment::locks::{LockTable, MemHandle, MemLocks, OfdLocks, Witness};
 use crate::segment::mapping::Mapping;
 use crate::segment::os::{fd, sysv};
 
@@ -49,6 +49,30 @@ impl LockTable for Locks<'_> {
         match self {
             Locks::Ofd(l) => l.any_held_elsewhere(i, n),
             Locks::Mem(l) => l.any_held_elsewhere(i, n),
+        }
+    }
+    fn try_lock_witness(&self, w: Witness) -> Result<bool> {
+        match self {
+            Locks::Ofd(l) => l.try_lock_witness(w),
+            Locks::Mem(l) => l.try_lock_witness(w),
+        }
+    }
+    fn unlock_witness(&self, w: Witness) {
+        match self {
+            Locks::Ofd(l) => l.unlock_witness(w),
+            Locks::Mem(l) => l.unlock_witness(w),
+        }
+    }
+    fn unlock_identity_witnesses(&self, slot: u32) {
+        match self {
+            Locks::Ofd(l) => l.unlock_identity_witnesses(slot),
+            Locks::Mem(l) => l.unlock_identity_witnesses(slot),
+        }
+    }
+    fn witness_held_elsewhere(&self, w: Witness) -> Result<bool> {
+        match self {
+            Locks::Ofd(l) => l.witness_held_elsewhere(w),
+            Locks::Mem(l) => l.witness_held_elsewhere(w),
         }
     }
 }
@@ -115,6 +139,9 @@ impl Store {
                         .unlock(crate::segment::registry::lock_index(slot));
                 }
                 self.locks().unlock(0);
+                if let Locks::Ofd(l) = self.locks() {
+                    l.unlock_all_witnesses();
+                }
             }
         }
     }

@@ -38,10 +38,11 @@ pub unsafe trait Context {
 
 #[allow(unsafe_code)] // the registry keeps the contract
 // SAFETY: (1) the owner tag is (registry slot, incarnation), unique while attached;
-// (2) `is_owner_alive` says dead only when the slot no longer holds that
-// incarnation, the kernel released its liveness lock (the process exited), or
-// /proc proves it gone; (3) the kernel releases the lock after the process's last
-// write, and our probe (a syscall) observes that release.
+// (2) `is_owner_alive` says dead only when the kernel released the tag's witness
+// lock (the owner detached for good or its process exited; no segment word is
+// consulted), or /proc proves gone a pid the identity witness vouches for; (3) the
+// kernel releases the locks after the process's last write, and our probe (a
+// syscall) observes that release.
 unsafe impl Context for Segment {
     #[inline]
     fn me(&self) -> OwnerTag {
