@@ -21,7 +21,7 @@ const SIZES: [usize; 4] = [16, 256, 4096, 65536];
 
 fn shm_pairs(heap: &Heap, size: usize, n: u64) {
     for i in 0..n {
-        let off = heap.alloc(size, 8).unwrap();
+        let off = heap.alloc(size, 8).unwrap().get();
         // SAFETY: a live block of at least `size` >= 1 bytes that we own.
         unsafe { heap.ptr(off).unwrap().as_ptr().write_volatile(i as u8) };
         heap.free(black_box(off)).unwrap();
@@ -117,7 +117,7 @@ fn processes(c: &mut Criterion) {
         .create()
         .unwrap();
     let heap = Heap::attach(&seg).unwrap();
-    let ctl_off = heap.alloc(size_of::<Control>(), 8).unwrap();
+    let ctl_off = heap.alloc(size_of::<Control>(), 8).unwrap().get();
     heap.publish(ctl_off).unwrap();
     let ctl_ptr = heap.ptr(ctl_off).unwrap().as_ptr().cast::<Control>();
     // SAFETY: a fresh, aligned block of Control's size; atomics only, zero is valid.

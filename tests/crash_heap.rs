@@ -653,7 +653,7 @@ impl Worker<'_> {
         let r = self.heap.alloc(size, align);
         self.doing(IDLE);
         let off = match r {
-            Ok(off) => off,
+            Ok(off) => off.get(),
             Err(Error::OutOfMemory { .. }) => {
                 self.ctl.count(OOM);
                 for _ in 0..self.local.len() / 2 {
@@ -843,7 +843,7 @@ impl Worker<'_> {
         let r = self.heap.realloc(old.off, size, 8);
         self.doing(IDLE);
         let off = match r {
-            Ok(off) => off,
+            Ok(off) => off.get(),
             Err(Error::OutOfMemory { .. }) => {
                 self.ctl.count(OOM);
                 return; // the old block is untouched
@@ -1223,7 +1223,8 @@ fn killed_heap_users_leak_nothing_and_never_share_a_block() {
     // process), and only then named to the workers.
     let ctl_off = heap
         .alloc(size_of::<Control>(), align_of::<Control>().max(64))
-        .unwrap();
+        .unwrap()
+        .get();
     let ctl_usable = heap.usable_size(ctl_off).unwrap();
     let p = heap.ptr(ctl_off).unwrap().as_ptr();
     assert_eq!(p.align_offset(align_of::<Control>()), 0);

@@ -86,7 +86,7 @@ fn survive(w: &World, what: &str, k: u64) {
     let mut grabbed = Vec::new();
     for size in [64usize, 128, 256, 320, 384, 448, 512, 1024, 2048, 4096] {
         for _ in 0..6 {
-            let b = w.heap.alloc(size, 8).unwrap();
+            let b = w.heap.alloc(size, 8).unwrap().get();
             w.heap.publish(b).unwrap();
             grabbed.push(b);
         }

@@ -331,7 +331,7 @@ fn every_size_class_serves_its_boundary_sizes_without_overlap() {
     let mut large = 0;
     for _round in 0..if MIRI { 1 } else { 3 } {
         for &size in &sizes {
-            let off = heap.alloc(size as usize, 8).unwrap();
+            let off = heap.alloc(size as usize, 8).unwrap().get();
             assert_eq!(off % 8, 0);
             let usable = live.add(&heap, off, size);
             assert_eq!(
@@ -379,7 +379,7 @@ fn every_alignment_up_to_a_page_is_honoured() {
     for shift in (0..=12).step_by(if MIRI { 3 } else { 1 }) {
         let align = 1usize << shift;
         for &size in sizes {
-            let off = heap.alloc(size as usize, align).unwrap();
+            let off = heap.alloc(size as usize, align).unwrap().get();
             assert_eq!(off % align as u64, 0, "size {size} align {align}");
             let addr = heap.ptr(off).unwrap().as_ptr() as usize;
             assert_eq!(addr % align, 0, "address of size {size} align {align}");
@@ -435,7 +435,7 @@ fn bad_alignments_and_sizes_are_refused() {
     // realloc refuses the same sizes and leaves the block alone.
     let mut live = Blocks::default();
     let size = small_or_1k(100);
-    let off = heap.alloc(size as usize, 8).unwrap();
+    let off = heap.alloc(size as usize, 8).unwrap().get();
     live.add(&heap, off, size);
     assert!(matches!(
         heap.realloc(off, 0, 8),
@@ -464,7 +464,7 @@ fn realloc_refuses_invalid_alignments_even_in_place() {
     // A block whose offset is a multiple of 3 and of 8192 (realloc's in-place test
     // is `off % align == 0`).
     let off = (0..200)
-        .map(|_| heap.alloc(100, 4096).unwrap())
+        .map(|_| heap.alloc(100, 4096).unwrap().get())
         .find(|off| off % (3 * 8192) == 0)
         .expect("some 4096-aligned block is also 24576-aligned");
     assert_eq!(heap.usable_size(off).unwrap(), 4096);
@@ -486,7 +486,7 @@ fn fill(heap: &Heap, live: &mut Blocks, size: u64) -> (Vec<u64>, Error) {
     let limit = heap.segment().max_size() / size.max(16) + 16;
     let mut got = Vec::new();
     for _ in 0..limit {
-        match heap.alloc(size as usize, 8) {
+        match heap.alloc(size as usize, 8).map(|o| o.get()) {
             Ok(off) => {
                 live.add(heap, off, size);
                 got.push(off);
@@ -638,7 +638,7 @@ fn the_heap_commits_more_of_its_segment_as_it_grows_and_every_handle_sees_it() {
         } else {
             rng.size(15)
         };
-        let off = heap.alloc(size as usize, 8).unwrap();
+        let off = heap.alloc(size as usize, 8).unwrap().get();
         live.add(&heap, off, size);
         if seg.committed() > before {
             grew += 1;
@@ -657,7 +657,7 @@ fn the_heap_commits_more_of_its_segment_as_it_grows_and_every_handle_sees_it() {
     }
     for i in 0..64 {
         let size = small_or_1k(100) + 997 * i;
-        let off = peer_heap.alloc(size as usize, 8).unwrap();
+        let off = peer_heap.alloc(size as usize, 8).unwrap().get();
         live.add(&peer_heap, off, size);
     }
     live.check(&heap);
@@ -699,7 +699,7 @@ fn a_separate_mapping_sees_blocks_at_the_same_offsets_while_the_heap_grows() {
         let mut live = Blocks::default();
         for i in 0..200u64 {
             let size = if i % 5 == 0 { 70_000 } else { 100 + 40 * i };
-            let off = a.alloc(size as usize, 8).unwrap();
+            let off = a.alloc(size as usize, 8).unwrap().get();
             live.add(&a, off, size);
             let (usable, seed) = live.map[&off];
             check_stamp(&b, off, usable as usize, seed);
@@ -709,7 +709,7 @@ fn a_separate_mapping_sees_blocks_at_the_same_offsets_while_the_heap_grows() {
         for off in live.offsets().into_iter().step_by(3) {
             live.take(&b, off);
             b.free(off).unwrap();
-            let off = b.alloc(3000, 64).unwrap();
+            let off = b.alloc(3000, 64).unwrap().get();
             live.add(&b, off, 3000);
         }
         live.check(&a);
@@ -757,7 +757,7 @@ fn alloc_stamped(heap: &Heap, rounds: u64, salt: u64) -> Vec<(u64, u64, u64)> {
     let mut out = Vec::new();
     for r in 0..rounds {
         for &size in &CHILD_SIZES {
-            let off = heap.alloc(size as usize, 8).unwrap();
+            let off = heap.alloc(size as usize, 8).unwrap().get();
             let usable = heap.usable_size(off).unwrap();
             let seed = salt + r * 1000 + size;
             stamp(heap, off, usable as usize, seed);
@@ -1011,13 +1011,13 @@ fn bad_offsets_double_frees_and_foreign_blocks_are_typed_errors() {
     // The first block of a fresh heap is the first block of its first span, right
     // after the span's owner-word page(s).
     let small_size = if MIRI { 1024 } else { 64 };
-    let small = heap.alloc(small_size, 8).unwrap();
+    let small = heap.alloc(small_size, 8).unwrap().get();
     live.add(&heap, small, small_size as u64);
     assert_eq!(small % PAGE_SIZE, 0);
-    let large = heap.alloc(5 * PAGE_SIZE as usize, 8).unwrap();
+    let large = heap.alloc(5 * PAGE_SIZE as usize, 8).unwrap().get();
     live.add(&heap, large, 5 * PAGE_SIZE);
     let theirs_size = small_or_1k(200) * 2;
-    let theirs = peer_heap.alloc(theirs_size as usize, 8).unwrap();
+    let theirs = peer_heap.alloc(theirs_size as usize, 8).unwrap().get();
     live.add(&peer_heap, theirs, theirs_size);
 
     let user = seg.user_offset();
@@ -1108,7 +1108,7 @@ fn bad_offsets_double_frees_and_foreign_blocks_are_typed_errors() {
     assert_bad_block(heap.free(large), large);
     assert_bad_block(peer_heap.free(large), large);
     assert_bad_block(heap.adopt(large), large);
-    let huge = heap.alloc(300 << 10, 8).unwrap(); // not kept in the large cache
+    let huge = heap.alloc(300 << 10, 8).unwrap().get(); // not kept in the large cache
     assert_eq!(heap.usable_size(huge).unwrap(), 300 << 10);
     heap.free(huge).unwrap();
     assert_bad_block(heap.free(huge), huge);
@@ -1128,10 +1128,10 @@ fn bad_offsets_double_frees_and_foreign_blocks_are_typed_errors() {
     let other_heap = Heap::attach(&other).unwrap();
     let mut theirs_elsewhere = Vec::new();
     for _ in 0..4 {
-        theirs_elsewhere.push(other_heap.alloc(1 << 20, 8).unwrap());
+        theirs_elsewhere.push(other_heap.alloc(1 << 20, 8).unwrap().get());
     }
-    theirs_elsewhere.push(other_heap.alloc(small_or_1k(48) as usize, 8).unwrap());
-    theirs_elsewhere.push(other_heap.alloc(100_000, 8).unwrap());
+    theirs_elsewhere.push(other_heap.alloc(small_or_1k(48) as usize, 8).unwrap().get());
+    theirs_elsewhere.push(other_heap.alloc(100_000, 8).unwrap().get());
     for &off in &theirs_elsewhere[1..] {
         assert_bad_block(heap.free(off), off);
         assert_bad_block(heap.adopt(off), off);
@@ -1165,21 +1165,21 @@ fn stats_add_up_and_count_each_owner_alive_or_dead() {
     // Ours: 30 blocks of class 112 (1024 under miri), 3 large of 13 pages.
     let (ours, ours_class) = if MIRI { (1000, 1024) } else { (100, 112) };
     for _ in 0..30 {
-        let off = heap.alloc(ours as usize, 8).unwrap();
+        let off = heap.alloc(ours as usize, 8).unwrap().get();
         live.add(&heap, off, ours);
     }
     for _ in 0..3 {
-        let off = heap.alloc(50_000, 8).unwrap();
+        let off = heap.alloc(50_000, 8).unwrap().get();
         live.add(&heap, off, 50_000);
     }
     // Theirs: 10 blocks of class 2048 (3072 under miri), one large of 30 pages.
     let (their, their_class) = if MIRI { (3000, 3072) } else { (2000, 2048) };
     let mut theirs = Blocks::default();
     for _ in 0..10 {
-        let off = peer_heap.alloc(their as usize, 8).unwrap();
+        let off = peer_heap.alloc(their as usize, 8).unwrap().get();
         theirs.add(&peer_heap, off, their);
     }
-    let big = peer_heap.alloc(30 * PAGE_SIZE as usize, 8).unwrap();
+    let big = peer_heap.alloc(30 * PAGE_SIZE as usize, 8).unwrap().get();
     theirs.add(&peer_heap, big, 30 * PAGE_SIZE);
 
     let s = assert_clean(&heap);
@@ -1279,7 +1279,7 @@ fn a_crashed_handle_s_blocks_are_reclaimed_and_a_live_one_s_are_not() {
         } else {
             rng.size(17)
         };
-        let off = living_heap.alloc(size as usize, 8).unwrap();
+        let off = living_heap.alloc(size as usize, 8).unwrap().get();
         live.add(&living_heap, off, size);
         kept.push(off);
     }
@@ -1300,16 +1300,16 @@ fn a_crashed_handle_s_blocks_are_reclaimed_and_a_live_one_s_are_not() {
             } else {
                 small_or_1k(1) + 37 * i * i
             };
-            offs.push(h.alloc(size as usize, 8).unwrap());
+            offs.push(h.alloc(size as usize, 8).unwrap().get());
         }
         for off in offs.iter_mut().step_by(3) {
-            *off = h.realloc(*off, 3000, 8).unwrap();
+            *off = h.realloc(*off, 3000, 8).unwrap().get();
         }
-        offs[1] = h.realloc(offs[1], 120_000, 8).unwrap();
+        offs[1] = h.realloc(offs[1], 120_000, 8).unwrap().get();
         for &off in offs.iter().skip(1).step_by(5) {
             h.free(off).unwrap();
         }
-        published = h.alloc(1000, 8).unwrap();
+        published = h.alloc(1000, 8).unwrap().get();
         stamp(&h, published, 1000, 99);
         h.publish(published).unwrap();
         // (Not under miri: its header and first data blocks are in the 32- to
@@ -1373,7 +1373,7 @@ fn a_crashed_handle_s_blocks_are_reclaimed_and_a_live_one_s_are_not() {
     let mut again = Blocks::default();
     for i in 0..if MIRI { 16 } else { 50u64 } {
         let size = small_or_1k(1) + 41 * i * i;
-        let off = heap.alloc(size as usize, 8).unwrap();
+        let off = heap.alloc(size as usize, 8).unwrap().get();
         again.add(&heap, off, size);
     }
     again.free_all(&heap);
@@ -1528,7 +1528,7 @@ fn a_shm_vec_grows_through_many_reallocations_and_is_handed_over() {
     }
     {
         // A published block that is no vector header: refused, given back.
-        let junk = heap.alloc(24, 8).unwrap();
+        let junk = heap.alloc(24, 8).unwrap().get();
         stamp(&heap, junk, 24, 3);
         heap.publish(junk).unwrap();
         assert!(matches!(
@@ -1659,7 +1659,7 @@ fn trader(seg: &Segment, id: u64, tx: Sender<Handoff>, rx: Receiver<Handoff>) ->
             };
             let max_shift = if rng.below(8) == 0 { 13 } else { 4 };
             let align = 1usize << rng.below(max_shift);
-            let off = heap.alloc(size as usize, align).unwrap();
+            let off = heap.alloc(size as usize, align).unwrap().get();
             assert_eq!(off % align as u64, 0);
             let usable = heap.usable_size(off).unwrap();
             let seed = id * 1_000_003 + ops;

@@ -362,7 +362,7 @@ impl<'s> World<'s> {
             Op::Alloc { who, size, align } => {
                 let who = self.actor(who);
                 let h = self.heap(who);
-                let off = h.alloc(size, align).unwrap();
+                let off = h.alloc(size, align).unwrap().get();
                 prop_assert_eq!(off % align as u64, 0);
                 let seed = self.next_seed();
                 stamp(self.heap(who), off, size, seed);
@@ -395,7 +395,7 @@ impl<'s> World<'s> {
                     return Ok(());
                 };
                 let via = self.actor(via);
-                let new = self.heap(via).realloc(off, size, align).unwrap();
+                let new = self.heap(via).realloc(off, size, align).unwrap().get();
                 prop_assert_eq!(new % align as u64, 0);
                 let keep = b.size.min(size);
                 prop_assert!(

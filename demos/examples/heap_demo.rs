@@ -69,10 +69,10 @@ fn hoarder(name: &str) -> shmkit::Result<()> {
     let mut held = 0u64;
     for k in 0..2000u64 {
         let size = 64 + (k * 997) % 8000;
-        heap.alloc(size as usize, 8)?;
+        heap.alloc(size as usize, 8)?.get();
         held += size;
     }
-    heap.alloc(1 << 20, 4096)?; // and one large block
+    heap.alloc(1 << 20, 4096)?.get(); // and one large block
     println!(
         "hoarder {} asked for {} B in 2001 blocks; waiting to be killed",
         std::process::id(),

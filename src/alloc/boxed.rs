@@ -49,7 +49,7 @@ impl<'h, T: ShmSafe> ShmBox<'h, T> {
     ///
     /// See [`ShmBox`].
     pub fn new(heap: &'h Heap, value: T) -> Result<Self> {
-        let off = heap.alloc(size_of::<T>().max(1), align_of::<T>())?;
+        let off = heap.alloc_raw(size_of::<T>().max(1), align_of::<T>())?;
         let p = heap.mem.ptr(off).cast::<T>();
         // SAFETY: a fresh block of at least size_of::<T>() bytes, aligned for T
         // (alloc honours align_of::<T>()), owned by us and reached by nobody else.

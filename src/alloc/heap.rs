@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use crate::loom::{AtomicU64, Ordering};
 use crate::segment::Segment;
 use crate::sync::{LockError, MutexGuard};
-use crate::{Error, OwnerTag, PAGE_SIZE, Result};
+use crate::{Error, Offset, OwnerTag, PAGE_SIZE, Result};
 
 use super::class::{CLASSES, GEOMETRY, class_of};
 use super::large_cache::{LargeCache, MAX_RUN_PAGES};
@@ -128,9 +128,10 @@ impl Heap {
         Ok(me)
     }
 
-    /// Allocates `size` bytes aligned to `align` and returns the block's offset.
-    /// The block is owned by this process until freed or published; its contents
-    /// are unspecified.
+    /// Allocates `size` bytes aligned to `align` and returns the block's offset
+    /// (an `Offset<u8>`: the block's first byte; every call that takes a block
+    /// accepts it, or a raw `u64` received from a peer). The block is owned by this
+    /// process until freed or published; its contents are unspecified.
     ///
     /// # Errors
     ///
@@ -144,7 +145,13 @@ impl Heap {
     ///
     /// See [`Heap`].
     #[inline]
-    pub fn alloc(&self, size: usize, align: usize) -> Result<u64> {
+    pub fn alloc(&self, size: usize, align: usize) -> Result<Offset<u8>> {
+        self.alloc_raw(size, align).map(Offset::new)
+    }
+
+    /// [`alloc`](Self::alloc), as a bare offset (for the crate's own structures).
+    #[inline]
+    pub(crate) fn alloc_raw(&self, size: usize, align: usize) -> Result<u64> {
         let (size, align) = (size as u64, align as u64);
         check_request(size, align)?;
         let me = self.me()?;
@@ -368,7 +375,8 @@ impl Heap {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     #[inline]
-    pub fn free(&self, off: u64) -> Result<()> {
+    pub fn free(&self, off: impl Into<u64>) -> Result<()> {
+        let off = off.into();
         let me = self.me()?;
         match self.mem.locate(off) {
             Some(loc) => {
@@ -509,7 +517,8 @@ impl Heap {
     /// assert_eq!(heap.state(off)?, BlockState::Shared);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn state(&self, off: u64) -> Result<BlockState> {
+    pub fn state(&self, off: impl Into<u64>) -> Result<BlockState> {
+        let off = off.into();
         let (w, _) = self.owner_of(off)?;
         let v = w.load(Ordering::Acquire);
         BlockState::from_word(v)
@@ -531,7 +540,8 @@ impl Heap {
     /// assert_eq!(heap.usable_size(off)?, 112);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn usable_size(&self, off: u64) -> Result<u64> {
+    pub fn usable_size(&self, off: impl Into<u64>) -> Result<u64> {
+        let off = off.into();
         let (w, size) = self.owner_of(off)?;
         used(w.load(Ordering::Acquire), off)?;
         Ok(size)
@@ -552,7 +562,8 @@ impl Heap {
     ///
     /// See [`Heap`].
     #[inline]
-    pub fn ptr(&self, off: u64) -> Result<NonNull<u8>> {
+    pub fn ptr(&self, off: impl Into<u64>) -> Result<NonNull<u8>> {
+        let off = off.into();
         let ok = off >= self.mem.lay.data_off && off < self.mem.seg.committed();
         match NonNull::new(self.mem.ptr(off)) {
             Some(p) if ok => Ok(p),
@@ -575,7 +586,8 @@ impl Heap {
     /// # Examples
     ///
     /// See [`state`](Self::state).
-    pub fn publish(&self, off: u64) -> Result<()> {
+    pub fn publish(&self, off: impl Into<u64>) -> Result<()> {
+        let off = off.into();
         self.publish_word(off, BlockState::Shared.to_word())
     }
 
@@ -635,7 +647,8 @@ impl Heap {
     /// assert_eq!(heap.state(off)?, BlockState::Owned(peer.owner_tag()));
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn adopt(&self, off: u64) -> Result<()> {
+    pub fn adopt(&self, off: impl Into<u64>) -> Result<()> {
+        let off = off.into();
         let (w, _) = self.owner_of(off)?;
         // SYNC: Acquire pairs with the Release of the publish whose word we CAS.
         let cur = w.load(Ordering::Acquire);
@@ -702,7 +715,17 @@ impl Heap {
     /// assert!(heap.usable_size(b)? >= 5000);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn realloc(&self, off: u64, new_size: usize, align: usize) -> Result<u64> {
+    pub fn realloc(
+        &self,
+        off: impl Into<u64>,
+        new_size: usize,
+        align: usize,
+    ) -> Result<Offset<u8>> {
+        self.realloc_raw(off.into(), new_size, align)
+            .map(Offset::new)
+    }
+
+    pub(crate) fn realloc_raw(&self, off: u64, new_size: usize, align: usize) -> Result<u64> {
         check_request(new_size as u64, align as u64)?;
         let me = self.me()?;
         let (ow, old) = self.owner_of(off)?;
@@ -728,7 +751,7 @@ impl Heap {
                 reason: "changed hands during realloc",
             });
         }
-        let new = match self.alloc(new_size, align) {
+        let new = match self.alloc_raw(new_size, align) {
             Ok(new) => new,
             Err(e) => {
                 // Give it back as we found it. SYNC: Release pairs with the Acquire
@@ -1064,7 +1087,7 @@ mod tests {
             ]
         };
         for (k, &size) in sizes.iter().enumerate() {
-            let off = h.alloc(size, 8).unwrap();
+            let off = h.alloc_raw(size, 8).unwrap();
             assert!(h.usable_size(off).unwrap() >= size as u64);
             // SAFETY: a live block of `size` bytes we own.
             unsafe { h.ptr(off).unwrap().as_ptr().write_bytes(k as u8, size) };
@@ -1088,16 +1111,16 @@ mod tests {
     fn a_dead_handles_blocks_come_back_and_live_ones_stay() {
         let s = seg();
         let h = Heap::attach(&s).unwrap();
-        let mine = h.alloc(SMALL, 8).unwrap();
+        let mine = h.alloc_raw(SMALL, 8).unwrap();
         let peer = s.try_clone().unwrap();
         {
             let p = Heap::attach(&peer).unwrap();
-            let shared = p.alloc(64, 8).unwrap();
+            let shared = p.alloc_raw(64, 8).unwrap();
             p.publish(shared).unwrap();
             for _ in 0..20 {
-                p.alloc(SMALL, 8).unwrap();
+                p.alloc_raw(SMALL, 8).unwrap();
             }
-            p.alloc(100_000, 8).unwrap();
+            p.alloc_raw(100_000, 8).unwrap();
             // Its cache goes back (a kill would leave it to reclaim too; the crash
             // tests cover that); what it allocated stays Owned by it.
             drop(p);
@@ -1119,7 +1142,7 @@ mod tests {
         let h = Heap::attach(&s).unwrap();
         let mut small = Vec::new();
         let err = loop {
-            match h.alloc(2000, 8) {
+            match h.alloc_raw(2000, 8) {
                 Ok(off) => small.push(off),
                 Err(e) => break e,
             }
@@ -1139,7 +1162,7 @@ mod tests {
             h.free(off).unwrap();
         }
         // The pages went to 2 KiB spans; a large block needs them back.
-        let big = h.alloc(MAX as usize / 4, 4096).unwrap();
+        let big = h.alloc_raw(MAX as usize / 4, 4096).unwrap();
         assert_eq!(big % 4096, 0);
         h.free(big).unwrap();
         h.flush().unwrap();
@@ -1150,8 +1173,8 @@ mod tests {
     fn bad_offsets_are_refused_without_damage() {
         let s = seg();
         let h = Heap::attach(&s).unwrap();
-        let a = h.alloc(100, 8).unwrap();
-        let big = h.alloc(50_000, 8).unwrap();
+        let a = h.alloc_raw(100, 8).unwrap();
+        let big = h.alloc_raw(50_000, 8).unwrap();
         for bad in [
             0,
             8,
@@ -1174,9 +1197,12 @@ mod tests {
         h.free(a).unwrap();
         h.free(big).unwrap();
         assert!(matches!(h.free(big), Err(Error::BadBlock { .. })));
-        assert!(matches!(h.alloc(0, 8), Err(Error::InvalidSize { .. })));
-        assert!(matches!(h.alloc(8, 3), Err(Error::InvalidArgument(_))));
-        assert!(matches!(h.alloc(8, 8192), Err(Error::InvalidArgument(_))));
+        assert!(matches!(h.alloc_raw(0, 8), Err(Error::InvalidSize { .. })));
+        assert!(matches!(h.alloc_raw(8, 3), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            h.alloc_raw(8, 8192),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(h.verify().is_clean());
     }
 }

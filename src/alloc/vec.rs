@@ -73,7 +73,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// See [`ShmVec`].
     pub fn new(heap: &'h Heap) -> Result<Self> {
         const { assert!(size_of::<T>() > 0, "ShmVec of a zero-sized type") };
-        let header = heap.alloc(HEADER, 8)?;
+        let header = heap.alloc_raw(HEADER, 8)?;
         let v = Self {
             heap,
             header,
@@ -279,7 +279,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
             .checked_mul(size_of::<T>().max(1) as u64)
             .ok_or(overflow())?;
         let bytes = usize::try_from(bytes).map_err(|_| overflow())?;
-        let new = self.heap.alloc(bytes, align_of::<T>())?;
+        let new = self.heap.alloc_raw(bytes, align_of::<T>())?;
         let old = self.data.get();
         if old != 0 {
             let n = self.len.get() as usize * size_of::<T>();

@@ -676,7 +676,7 @@ fn create_entry<T: ShmObject>(
         size,
         reason: "object too large",
     })?;
-    let off = d.heap.alloc(total, align.max(16) as usize)?;
+    let off = d.heap.alloc_raw(total, align.max(16) as usize)?;
     let mut holders = [0; entry::INLINE_HOLDERS];
     holders[0] = me.bits();
     let head = entry::EntryHead {

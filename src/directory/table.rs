@@ -296,7 +296,7 @@ impl<'h> Locked<'h> {
     /// A zeroed table block of `buckets` words, owned by us.
     fn new_table(&self, buckets: u64) -> Result<u64> {
         let bytes = (buckets * 8) as usize;
-        let t = self.heap.alloc(bytes, 8)?;
+        let t = self.heap.alloc_raw(bytes, 8)?;
         let p = self.heap.ptr(t)?;
         // SAFETY: a fresh block of at least `bytes` bytes, ours alone.
         unsafe { p.as_ptr().write_bytes(0, bytes) };
@@ -781,7 +781,7 @@ impl<'h> Locked<'h> {
     /// Gives `e` an overflow holder block of one word per registry slot.
     fn add_more(&mut self, e: &mut Entry) -> Result<()> {
         let n = self.seg.registry_slots() as u64;
-        let blk = self.heap.alloc((n * 8) as usize, 8)?;
+        let blk = self.heap.alloc_raw((n * 8) as usize, 8)?;
         // SAFETY: a fresh block of n * 8 bytes, ours alone.
         unsafe {
             self.heap

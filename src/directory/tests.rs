@@ -25,7 +25,7 @@ fn a_forged_journal_naming_a_peers_private_block_frees_nothing() {
     let _a = seg.create::<AtomicU64>("a", ()).unwrap();
     let peer = seg.try_clone().unwrap();
     let ph = Heap::attach(&peer).unwrap();
-    let x = ph.alloc(64, 8).unwrap();
+    let x = ph.alloc_raw(64, 8).unwrap();
     let word = ph.owner_word(x).unwrap();
     assert_eq!(ph.state(x).unwrap(), BlockState::Owned(peer.owner_tag()));
     let heap = Heap::attach(&seg).unwrap();
@@ -39,7 +39,7 @@ fn a_forged_journal_naming_a_peers_private_block_frees_nothing() {
     let st = ph.state(x);
     eprintln!("peer's private block is now {st:?}");
     // The same with a Free block on a shared list: double listing.
-    let y = heap.alloc(64, 8).unwrap();
+    let y = heap.alloc_raw(64, 8).unwrap();
     heap.free(y).unwrap();
     heap.flush().unwrap();
     let wy = heap.owner_word(y).unwrap();

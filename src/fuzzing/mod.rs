@@ -436,7 +436,7 @@ impl<'h, 's> Ops<'h, 's> {
         }
         let (size, align) = (pick_size(inp), pick_align(inp));
         let heap = self.heaps[h];
-        let r = timed("alloc", || heap.alloc(size, align));
+        let r = timed("alloc", || heap.alloc_raw(size, align));
         self.purge_dead();
         if let Some(off) = expect_alloc(r, size, align) {
             self.admit(heap, off, size, align, Holder::Handle(h));
@@ -517,7 +517,7 @@ impl<'h, 's> Ops<'h, 's> {
         // The documented rule: a block that fits without wasting half of it stays.
         let want = size as u64;
         let in_place = want <= old.usable && want * 2 > old.usable && off % align as u64 == 0;
-        let r = timed("realloc", || heap.realloc(off, size, align));
+        let r = timed("realloc", || heap.realloc_raw(off, size, align));
         match r {
             Ok(new) if new == off => {
                 assert!(
@@ -627,7 +627,7 @@ impl<'h, 's> Ops<'h, 's> {
                 break;
             }
             let (size, align) = (pick_valid_size(inp), pick_valid_align(inp));
-            let r = timed("alloc", || h3.alloc(size, align));
+            let r = timed("alloc", || h3.alloc_raw(size, align));
             self.purge_dead();
             let Some(off) = expect_alloc(r, size, align) else {
                 continue;
@@ -776,7 +776,7 @@ impl<'h, 's> Ops<'h, 's> {
         // Every page is free again: the whole data area is one block.
         let whole = (self.data_end - self.data_off) as usize;
         let off = a
-            .alloc(whole, 8)
+            .alloc_raw(whole, 8)
             .unwrap_or_else(|e| panic!("after freeing everything, alloc of all {whole}: {e}\n{r}"));
         a.free(off).expect("free");
         a.flush().expect("flush");
@@ -880,12 +880,12 @@ fn corrupt_setup(seg: &Segment, a: &Heap, b: &Heap, knobs: u8) -> Known {
     for (i, &s) in small.iter().enumerate() {
         let h = if i % 3 == 2 { b } else { a };
         for _ in 0..4 {
-            live.push(h.alloc(s, 8).expect("setup alloc"));
+            live.push(h.alloc_raw(s, 8).expect("setup alloc"));
         }
     }
     let large: Vec<u64> = [40usize << 10, 100 << 10, 300 << 10, 60 << 10]
         .iter()
-        .map(|&s| a.alloc(s, 8).expect("setup alloc"))
+        .map(|&s| a.alloc_raw(s, 8).expect("setup alloc"))
         .collect();
     live.extend(&large);
     // Half the small blocks back: into the caches, and (flushed) onto the lists.
@@ -914,9 +914,9 @@ fn corrupt_setup(seg: &Segment, a: &Heap, b: &Heap, knobs: u8) -> Known {
     {
         let h3 = Heap::attach(&seg3).expect("attach");
         let cache = Cache::default();
-        let x = h3.alloc(512, 8).expect("setup alloc");
-        let y = h3.alloc(512, 8).expect("setup alloc");
-        let z = h3.alloc(50 << 10, 8).expect("setup alloc");
+        let x = h3.alloc_raw(512, 8).expect("setup alloc");
+        let y = h3.alloc_raw(512, 8).expect("setup alloc");
+        let z = h3.alloc_raw(50 << 10, 8).expect("setup alloc");
         let loc = h3.mem.locate(y).expect("small block");
         free_small(&h3.mem, &cache, y, loc, dead).expect("free into a cache");
         live.extend([x, z]);
@@ -1140,7 +1140,7 @@ fn corrupt_step(k: &mut Known, seg: &Segment, heaps: [&Heap; 2], op: u8, inp: &m
         }
         2 | 3 => {
             let (size, align) = (pick_valid_size(inp), pick_valid_align(inp));
-            if let Ok(off) = timed("alloc", || heap.alloc(size, align)) {
+            if let Ok(off) = timed("alloc", || heap.alloc_raw(size, align)) {
                 check_handed_out(k, heap, off, size, align);
                 k.live.push(off);
             }
@@ -1161,7 +1161,7 @@ fn corrupt_step(k: &mut Known, seg: &Segment, heaps: [&Heap; 2], op: u8, inp: &m
             let off = k.offset(inp.u64());
             let (size, align) = (pick_valid_size(inp), pick_valid_align(inp));
             check_extent(k, heap, off);
-            if let Ok(new) = timed("realloc", || heap.realloc(off, size, align)) {
+            if let Ok(new) = timed("realloc", || heap.realloc_raw(off, size, align)) {
                 check_handed_out(k, heap, new, size, align);
                 k.live.push(new);
             }
@@ -1202,7 +1202,7 @@ fn fresh_handle(k: &mut Known, seg: &Segment, inp: &mut Bytes<'_>, verify: bool)
         let _ = timed("verify", || h.verify());
     }
     let (size, align) = (pick_valid_size(inp), pick_valid_align(inp));
-    if let Ok(off) = timed("alloc", || h.alloc(size, align)) {
+    if let Ok(off) = timed("alloc", || h.alloc_raw(size, align)) {
         check_handed_out(k, &h, off, size, align);
         let _ = timed("free", || h.free(off));
     }
@@ -1228,7 +1228,7 @@ fn corrupt_tail(k: &mut Known, seg: &Segment, heaps: [&Heap; 2]) {
         (CORRUPT_HEAP as usize / 2, 8),
         (CORRUPT_HEAP as usize, 8),
     ] {
-        if let Ok(off) = timed("alloc", || a.alloc(size, align)) {
+        if let Ok(off) = timed("alloc", || a.alloc_raw(size, align)) {
             check_handed_out(k, a, off, size, align);
             k.live.push(off);
         }
@@ -1244,7 +1244,7 @@ fn corrupt_tail(k: &mut Known, seg: &Segment, heaps: [&Heap; 2]) {
         };
         let size = [16, 3000, 100 << 10][i % 3];
         if let Ok(new) = timed("realloc", || heaps[i % 2].realloc(off, size, 8)) {
-            check_handed_out(k, heaps[i % 2], new, size, 8);
+            check_handed_out(k, heaps[i % 2], new.get(), size, 8);
             let _ = timed("free", || a.free(new));
         }
     }
@@ -1260,7 +1260,7 @@ fn corrupt_tail(k: &mut Known, seg: &Segment, heaps: [&Heap; 2]) {
     for h in heaps {
         let _ = timed("flush", || h.flush());
     }
-    if let Ok(off) = timed("alloc", || b.alloc(300 << 10, 8)) {
+    if let Ok(off) = timed("alloc", || b.alloc_raw(300 << 10, 8)) {
         check_handed_out(k, b, off, 300 << 10, 8);
         let _ = timed("free", || b.free(off));
     }
@@ -1393,7 +1393,7 @@ pub fn heap_lock_forgery(which: u8) -> Result<()> {
     let b = Heap::attach(&peer).expect("attach the second handle");
     // The second handle takes and releases a read share once (its reader entry
     // then carries its incarnation).
-    let off = b.alloc(64, 8).expect("alloc");
+    let off = b.alloc_raw(64, 8).expect("alloc");
     b.free(off).expect("free");
     b.flush().expect("flush");
     let hdr = a.mem.hdr();
@@ -1407,7 +1407,7 @@ pub fn heap_lock_forgery(which: u8) -> Result<()> {
         w.store(peer.owner_tag().bits(), Ordering::Relaxed);
         // A small block would come from the free list the second handle filled,
         // without the page lock.
-        a.alloc(100 << 10, 8).map(drop)
+        a.alloc_raw(100 << 10, 8).map(drop)
     } else {
         // RwLock: state, seq, _reserved1, drain, _reserved, then one reader entry
         // per slot (24 bytes in).
@@ -1445,10 +1445,10 @@ pub fn heap_realloc_of_a_reclaimed_block() -> (Result<u64>, Option<Result<BlockS
     let h3 = Heap::attach(&seg3).expect("attach");
     // The third handle's block comes first; then the heap is filled to the brim
     // (while the third handle lives, so recovery finds nothing to reclaim).
-    let old = h3.alloc(256 << 10, 8).expect("alloc");
+    let old = h3.alloc_raw(256 << 10, 8).expect("alloc");
     let mut fill = Vec::new();
     for size in [256 << 10, 16 << 10, 4 << 10] {
-        while let Ok(off) = a.alloc(size, 8) {
+        while let Ok(off) = a.alloc_raw(size, 8) {
             fill.push(off);
         }
     }
@@ -1459,7 +1459,7 @@ pub fn heap_realloc_of_a_reclaimed_block() -> (Result<u64>, Option<Result<BlockS
     drop(seg3);
     // Half the size: not in place; 32 pages, which only the dead block's pages
     // can give once reclaimed.
-    let r = a.realloc(old, 128 << 10, 8);
+    let r = a.realloc(old, 128 << 10, 8).map(|o| o.get());
     let state = r.as_ref().ok().map(|&new| a.state(new));
     (r, state)
 }

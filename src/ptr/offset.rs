@@ -141,6 +141,28 @@ impl<T> fmt::Debug for Offset<T> {
         write!(f, "Offset<{}>({:#x})", std::any::type_name::<T>(), self.raw)
     }
 }
+impl<T> From<Offset<T>> for u64 {
+    /// The raw offset, for calls that take any block (see
+    /// [`Heap::free`](crate::alloc::Heap::free)).
+    #[inline]
+    fn from(o: Offset<T>) -> u64 {
+        o.raw
+    }
+}
+
+impl<T> fmt::Display for Offset<T> {
+    /// The offset as a number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.raw, f)
+    }
+}
+
+impl<T> fmt::LowerHex for Offset<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.raw, f)
+    }
+}
+
 impl<T> Default for Offset<T> {
     fn default() -> Self {
         Self::NULL

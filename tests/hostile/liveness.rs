@@ -81,7 +81,7 @@ fn child_main() {
 fn child_forker(name: &str) {
     let seg = SegmentOptions::posix(name).open().expect("open");
     let heap = Heap::attach(&seg).expect("attach the heap");
-    let off = heap.alloc(SMALL_SIZE, 16).expect("alloc");
+    let off = heap.alloc(SMALL_SIZE, 16).expect("alloc").get();
     // SAFETY: the grandchild only makes async-signal-safe calls (read, _exit).
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -108,13 +108,13 @@ fn child_holder(name: &str) {
     let seg = SegmentOptions::posix(name).open().expect("open");
     let heap = Heap::attach(&seg).expect("attach the heap");
     let mut blocks: Vec<(u64, usize)> = (0..SMALL)
-        .map(|_| (heap.alloc(SMALL_SIZE, 16).expect("alloc"), SMALL_SIZE))
+        .map(|_| (heap.alloc(SMALL_SIZE, 16).expect("alloc").get(), SMALL_SIZE))
         .collect();
     for (off, _) in blocks.drain(..SMALL_FREED) {
         heap.free(off).expect("free into the cache");
     }
     blocks.push((
-        heap.alloc(LARGE_SIZE, 4096).expect("alloc large"),
+        heap.alloc(LARGE_SIZE, 4096).expect("alloc large").get(),
         LARGE_SIZE,
     ));
     for (k, &(off, size)) in blocks.iter().enumerate() {
@@ -279,9 +279,9 @@ fn assert_untouched(seg: &Segment, heap: &Heap, a: &mut Holder, what: &str) {
     }
     // The parent allocates as much again: nothing it gets overlaps a held block.
     let mine: Vec<(u64, usize)> = (0..2 * SMALL)
-        .map(|_| (heap.alloc(SMALL_SIZE, 16).unwrap(), SMALL_SIZE))
+        .map(|_| (heap.alloc(SMALL_SIZE, 16).unwrap().get(), SMALL_SIZE))
         .chain(std::iter::once((
-            heap.alloc(LARGE_SIZE, 4096).unwrap(),
+            heap.alloc(LARGE_SIZE, 4096).unwrap().get(),
             LARGE_SIZE,
         )))
         .collect();

@@ -54,7 +54,9 @@ fn a_damaged_heap_state_word_is_corrupt_for_newcomers_and_never_rebuilt() {
     let _u = Unlink(name.clone());
     let seg = SegmentOptions::posix(&name).create().unwrap();
     let heap = Heap::attach(&seg).unwrap();
-    let live: Vec<u64> = (0..5).map(|_| heap.alloc(12 << 10, 64).unwrap()).collect();
+    let live: Vec<u64> = (0..5)
+        .map(|_| heap.alloc(12 << 10, 64).unwrap().get())
+        .collect();
     for (i, &b) in live.iter().enumerate() {
         // SAFETY: our own private blocks of 12 KiB.
         unsafe {
@@ -148,7 +150,7 @@ fn a_published_segment_with_a_forged_state_is_corrupt_and_never_replaced() {
     let _u = Unlink(name.clone());
     let seg = SegmentOptions::posix(&name).create().unwrap();
     let heap = Heap::attach(&seg).unwrap();
-    let keep = heap.alloc(64, 8).unwrap();
+    let keep = heap.alloc(64, 8).unwrap().get();
     // SAFETY: our own block.
     unsafe { heap.ptr(keep).unwrap().as_ptr().write_bytes(0x77, 64) };
     let ino = std::fs::metadata(shm_path(&name)).map(|m| {

@@ -110,7 +110,7 @@ fn a_reserved_raw_region_and_the_heap_never_overlap() {
     let heap = Heap::attach(&seg).unwrap();
     let mut blocks = Vec::new();
     for i in 0..2000u64 {
-        let off = heap.alloc(16 + (i % 700) as usize, 8).unwrap();
+        let off = heap.alloc(16 + (i % 700) as usize, 8).unwrap().get();
         assert!(
             off >= raw.end,
             "block {off:#x} inside the raw region {raw:?}"
@@ -140,7 +140,7 @@ fn a_third_process_after_an_overwrite_gets_corrupt_and_verify_notices() {
     let name = segment_name("third");
     let seg = SegmentOptions::posix(&name).create().unwrap();
     let heap = Heap::attach(&seg).unwrap();
-    let live: Vec<u64> = (0..5).map(|_| heap.alloc(4096, 8).unwrap()).collect();
+    let live: Vec<u64> = (0..5).map(|_| heap.alloc(4096, 8).unwrap().get()).collect();
     for (i, &b) in live.iter().enumerate() {
         // SAFETY: our own private blocks of 4096 bytes.
         unsafe { heap.ptr(b).unwrap().as_ptr().write_bytes(i as u8 + 1, 4096) };

@@ -151,7 +151,7 @@ pub fn run(role: Role, name: &str, _arg: &str) -> String {
         Role::CreateAndWait => {
             let seg = SegmentOptions::posix(name).create().unwrap();
             let heap = Heap::attach(&seg).unwrap();
-            let _live = heap.alloc(1000, 8).unwrap();
+            let _live = heap.alloc(1000, 8).unwrap().get();
             let seed = seg.seed();
             // Leaked on purpose: the parent kills us while we hold them.
             std::mem::forget(heap);

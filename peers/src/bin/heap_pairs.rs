@@ -33,7 +33,7 @@ fn now_ns() -> u64 {
 
 fn shm_pairs(heap: &Heap, size: usize, n: u64) {
     for i in 0..n {
-        let off = heap.alloc(size, 8).expect("alloc");
+        let off = heap.alloc(size, 8).expect("alloc").get();
         // SAFETY: a live block of at least `size` >= 1 bytes, ours.
         unsafe { heap.ptr(off).unwrap().as_ptr().write_volatile(i as u8) };
         heap.free(black_box(off)).expect("free");
@@ -144,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = shmkit::unique_name("heap-pairs")?;
     let seg = SegmentOptions::posix(&name).max_size(1 << 30).create()?;
     let heap = Heap::attach(&seg)?;
-    let ctl_off = heap.alloc(size_of::<Control>(), 8)?;
+    let ctl_off = heap.alloc(size_of::<Control>(), 8)?.get();
     heap.publish(ctl_off)?;
     let ctl_ptr = heap.ptr(ctl_off)?.as_ptr().cast::<Control>();
     // SAFETY: a fresh block big enough and aligned for Control, which is atomics
