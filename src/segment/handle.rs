@@ -1234,6 +1234,7 @@ impl Segment {
     /// If other clones of this attachment exist (inside a `Heap` or a `Shared`,
     /// say): a guard borrowed from one of them could outlive the "death". Drop
     /// them first, or use the `unsafe` [`simulate_crash_now`](Self::simulate_crash_now).
+    #[cfg(any(test, feature = "testkit"))]
     #[doc(hidden)]
     pub fn simulate_crash(self) {
         assert_eq!(
@@ -1257,6 +1258,7 @@ impl Segment {
     /// Every guard taken through this handle must be forgotten (never dropped or
     /// used again): another handle may now take the locks over, and a guard still
     /// used would give two holders.
+    #[cfg(any(test, feature = "testkit"))]
     #[doc(hidden)]
     pub unsafe fn simulate_crash_now(&self) {
         self.inner.crashed.store(1, Ordering::Relaxed);

@@ -221,6 +221,7 @@ impl OfdLocks<'_> {
 
     /// Releases every witness this description holds (what the kernel does when
     /// the description's last reference goes): test support for simulated deaths.
+    #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn unlock_all_witnesses(&self) {
         self.unlock_at(IDENT_BASE, 0);
     }

@@ -11,7 +11,7 @@ use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::layout::{PAGE_SIZE, align_up};
+use crate::layout::PAGE_SIZE;
 use crate::loom::{AtomicU32, Ordering, futex_wait};
 use crate::segment::handle::Segment;
 use crate::segment::header::{
@@ -261,9 +261,10 @@ impl SegmentOptions {
     /// # Errors
     ///
     /// As [`open`](Self::open); never panics, whatever the bytes.
+    #[cfg(any(test, feature = "testkit"))]
     #[doc(hidden)]
     pub fn open_image(&self, image: &[u8]) -> Result<Segment> {
-        let len = align_up(image.len() as u64, PAGE_SIZE).unwrap_or(0);
+        let len = crate::layout::align_up(image.len() as u64, PAGE_SIZE).unwrap_or(0);
         if len < HEADER_SIZE {
             return Err(Error::corrupt(
                 "image",

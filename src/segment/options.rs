@@ -462,6 +462,7 @@ impl SegmentOptions {
 
     /// Test hook: called by a creator half-way through initialisation (after the
     /// object exists and the header is partly written, before it is `Ready`).
+    #[cfg(any(test, feature = "testkit"))]
     #[doc(hidden)]
     pub fn init_hook(mut self, hook: fn()) -> Self {
         self.init_hook = Some(hook);

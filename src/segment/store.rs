@@ -130,6 +130,7 @@ impl Store {
 
     /// Releases this handle's locks without detaching anything: what the kernel does
     /// when a process dies (test support for heap-backed segments).
+    #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn release_like_exit(&self, slot: u32) {
         match self {
             Store::Heap { locks, token } => locks.release_all(*token),
