@@ -13,5 +13,7 @@ mod backing;
 #[path = "hostile/region.rs"]
 mod region;
 
+#[path = "hostile/hammer.rs"]
+mod hammer;
 #[path = "hostile/liveness.rs"]
 mod liveness;
