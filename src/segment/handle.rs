@@ -74,6 +74,9 @@ pub(crate) struct Inner {
     pub(super) disowned: crate::loom::AtomicU32,
     /// Process-local state of the directory (which objects this handle holds).
     pub(crate) local: std::sync::Mutex<crate::segment::Local>,
+    /// The robust locks this attachment's threads are taking or holding (tells a
+    /// lock word forged with our tag from a hold by another of our threads).
+    pub(super) held: crate::sync::HeldLocks,
 }
 
 impl Clone for Segment {
@@ -98,6 +101,7 @@ impl Segment {
         fields: HeaderFields,
         created: bool,
     ) -> Result<Segment> {
+        let held = super::owner::held_record(&map);
         let mut seg = Segment {
             inner: StdArc::new(Inner {
                 map,
@@ -114,6 +118,7 @@ impl Segment {
                 fork_gen: crate::segment::os::fork::generation(),
                 disowned: crate::loom::AtomicU32::new(0),
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
+                held,
             }),
         };
         seg.claim_slot()?;
@@ -819,6 +824,9 @@ impl Segment {
         inner.persist.store(1, Ordering::Relaxed);
         // The parent's holds on directory objects are the parent's.
         *inner.local.get_mut().unwrap_or_else(|e| e.into_inner()) = Default::default();
+        // So are the locks its threads held (no guard of ours can borrow this
+        // record now: we hold the only handle, mutably).
+        inner.held = super::owner::held_record(&inner.map);
         self.claim_slot()?;
         let inner = self.inner_mut();
         inner.pid = proc::self_pid();
@@ -853,6 +861,7 @@ impl Segment {
                 fork_gen: crate::segment::os::fork::generation(),
                 disowned: crate::loom::AtomicU32::new(0),
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
+                held: super::owner::held_record(&old.map),
             }),
         };
         seg.claim_slot()?;

@@ -2,7 +2,9 @@
 //! say it, and the question every robust structure asks: is that owner alive?
 
 use crate::segment::handle::Segment;
+use crate::segment::mapping::Mapping;
 use crate::segment::registry::{ACTIVE, STATUS_MASK};
+use crate::sync::HeldLocks;
 
 /// Bits of an owner tag that carry the incarnation.
 const INC_BITS: u32 = 46;
@@ -94,6 +96,13 @@ impl Segment {
         OwnerTag::new(self.slot(), self.incarnation()).unwrap_or(OwnerTag(0))
     }
 
+    /// The record of the robust locks this attachment's threads are taking or
+    /// holding (see [`HeldLocks`]).
+    #[inline]
+    pub(crate) fn held_locks_record(&self) -> &HeldLocks {
+        &self.inner.held
+    }
+
     /// Whether the holder `tag` names is alive: its slot still holds that
     /// incarnation, attached, and the registry judges it alive. A tag naming nobody,
     /// a slot out of range, a detached or reused slot, and a dead process are all
@@ -123,4 +132,11 @@ impl Segment {
             i.state == crate::SlotState::Alive && i.incarnation == word & !STATUS_MASK
         })
     }
+}
+
+/// A fresh lock record for an attachment through `map` (its addresses name each
+/// lock in the segment uniquely).
+pub(super) fn held_record(map: &Mapping) -> HeldLocks {
+    let base = map.ptr().as_ptr() as usize;
+    HeldLocks::new(base..base.saturating_add(map.len()))
 }
