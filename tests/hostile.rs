@@ -10,3 +10,6 @@ mod common;
 
 #[path = "hostile/region.rs"]
 mod region;
+
+#[path = "hostile/locks.rs"]
+mod locks;
