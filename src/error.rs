@@ -291,6 +291,13 @@ impl<G: crate::sync::Abandon> From<crate::sync::LockError<G>> for Error {
             LockError::TimedOut => Error::TimedOut,
             LockError::NotAttached => Error::NotAttached,
             LockError::NoReaderEntry { slot, entries } => Error::NoReaderEntry { slot, entries },
+            LockError::Corrupt { word } => Error::corrupt(
+                "lock word",
+                format!(
+                    "{word:#018x} names this attachment, which neither holds nor is taking the \
+                     lock (a forged or stray write)"
+                ),
+            ),
         }
     }
 }

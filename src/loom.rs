@@ -299,6 +299,17 @@ pub mod futex_model {
     }
 }
 
+/// A number no other call in this process returns (for identities only: it
+/// synchronises nothing, so loom need not model it and a plain std counter serves
+/// in both builds).
+pub fn unique_id() -> u64 {
+    static NEXT: imp_std::AtomicU64 = imp_std::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// std's atomics in both builds (for [`unique_id`] only).
+use std::sync::atomic as imp_std;
+
 /// A point where a loom model may stop the calling thread as if its process were
 /// killed there (see `crash` under loom). Always false outside loom (compiled away).
 #[cfg(not(loom))]

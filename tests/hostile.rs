@@ -10,10 +10,11 @@ mod common;
 
 #[path = "hostile/backing.rs"]
 mod backing;
-#[path = "hostile/region.rs"]
-mod region;
-
 #[path = "hostile/hammer.rs"]
 mod hammer;
 #[path = "hostile/liveness.rs"]
 mod liveness;
+#[path = "hostile/locks.rs"]
+mod locks;
+#[path = "hostile/region.rs"]
+mod region;

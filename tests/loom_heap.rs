@@ -16,8 +16,8 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_model::{Proc, Registry, proc};
 use shmkit::alloc::model::{
-    BlockState, Cache, FREE_WORD, Loc, Mem, TransferLock, exclusive, free_small, link, pop, push,
-    reclaim, walk,
+    BlockState, Cache, Deadline, FREE_WORD, LOCK_WAIT, Loc, Mem, TransferLock, exclusive,
+    free_small, link, pop, push, reclaim, walk,
 };
 use shmkit::loom::{AtomicU64, Ordering, crash};
 use shmkit::sync::Context;
@@ -109,8 +109,13 @@ fn all_free_once(a: &Arena) {
     }
 }
 
+/// The heap's bound for one call's locks, from now.
+fn soon() -> Deadline {
+    Deadline::after(LOCK_WAIT)
+}
+
 fn reclaim_dead(a: &Arena, survivor: &Proc) -> u64 {
-    let _w = exclusive(&a.rw, survivor).unwrap();
+    let _w = exclusive(&a.rw, survivor, soon()).unwrap();
     let r = reclaim(a, &[&a.head], (0..a.n).map(|i| (block(i), 0)), 64, |t| {
         !survivor.is_alive_owner(t)
     })
@@ -150,7 +155,7 @@ fn concurrent_alloc_and_free_keep_every_block_once() {
         let held: Arc<Vec<AtomicU64>> = Arc::new((0..2).map(|_| AtomicU64::new(0)).collect());
         let work = |a: Arc<Arena>, held: Arc<Vec<AtomicU64>>, p: Proc| {
             let cache = Cache::default();
-            if !cache.refill(&*a, &a.head, &a.rw, &p, 0).unwrap() {
+            if !cache.refill(&*a, &a.head, &a.rw, &p, 0, soon()).unwrap() {
                 return;
             }
             let b = cache.pop(&*a, 0, p.me()).unwrap().unwrap();
@@ -163,7 +168,7 @@ fn concurrent_alloc_and_free_keep_every_block_once() {
             held[i].store(0, Ordering::Relaxed);
             let loc = a.locate(b).unwrap();
             free_small(&*a, &cache, b, loc, p.me()).unwrap();
-            cache.flush(&*a, &a.head, &a.rw, &p, 0, 0).unwrap();
+            cache.flush(&*a, &a.head, &a.rw, &p, 0, 0, soon()).unwrap();
         };
         let (a2, h2, p1) = (a.clone(), held.clone(), proc(&reg, 1));
         let t = thread::spawn(move || work(a2, h2, p1));
@@ -177,10 +182,13 @@ fn concurrent_alloc_and_free_keep_every_block_once() {
 /// back. Stops at the first error (a simulated death).
 fn alloc_free_cycle(a: &Arena, p: &Proc) -> Option<()> {
     let cache = Cache::default();
-    cache.refill(a, &a.head, &a.rw, p, 0).ok()?.then_some(())?;
+    cache
+        .refill(a, &a.head, &a.rw, p, 0, soon())
+        .ok()?
+        .then_some(())?;
     let b = cache.pop(a, 0, p.me()).ok()??;
     free_small(a, &cache, b, a.locate(b)?, p.me()).ok()?;
-    cache.flush(a, &a.head, &a.rw, p, 0, 0).ok()
+    cache.flush(a, &a.head, &a.rw, p, 0, 0, soon()).ok()
 }
 
 /// Crash points along `alloc_free_cycle` with two blocks in one batch (plus one
@@ -231,20 +239,25 @@ fn reclaim_never_takes_a_live_processes_block() {
         // Process 1 takes a block and dies holding it.
         let p1 = proc(&reg, 1);
         let c1 = Cache::default();
-        assert!(c1.refill(&*a, &a.head, &a.rw, &p1, 0).unwrap());
+        assert!(c1.refill(&*a, &a.head, &a.rw, &p1, 0, soon()).unwrap());
         let dead_block = c1.pop(&*a, 0, p1.me()).unwrap().unwrap();
         reg.die(1);
         let (a2, p0) = (a.clone(), proc(&reg, 0));
         let live = thread::spawn(move || {
             let cache = Cache::default();
-            let b = match cache.refill(&*a2, &a2.head, &a2.rw, &p0, 0).unwrap() {
+            let b = match cache
+                .refill(&*a2, &a2.head, &a2.rw, &p0, 0, soon())
+                .unwrap()
+            {
                 true => cache.pop(&*a2, 0, p0.me()).unwrap().unwrap(),
                 false => return,
             };
             let w = a2.owners[((b - BASE) / 16) as usize].load(Ordering::Relaxed);
             assert_eq!(w, BlockState::Owned(p0.me()).to_word());
             free_small(&*a2, &cache, b, a2.locate(b).unwrap(), p0.me()).unwrap();
-            cache.flush(&*a2, &a2.head, &a2.rw, &p0, 0, 0).unwrap();
+            cache
+                .flush(&*a2, &a2.head, &a2.rw, &p0, 0, 0, soon())
+                .unwrap();
         });
         let back = reclaim_dead(&a, &proc(&reg, 2));
         assert!(
@@ -274,7 +287,7 @@ fn a_reclaimer_killed_anywhere_is_finished_by_the_next() {
             // and dies before re-tagging it (Free, on no list).
             let p1 = proc(&reg, 1);
             let c1 = Cache::default();
-            assert!(c1.refill(&*a, &a.head, &a.rw, &p1, 0).unwrap());
+            assert!(c1.refill(&*a, &a.head, &a.rw, &p1, 0, soon()).unwrap());
             c1.pop(&*a, 0, p1.me()).unwrap().unwrap();
             reg.die(1);
             pop(&*a, &a.head, 0).unwrap().unwrap();
@@ -283,7 +296,7 @@ fn a_reclaimer_killed_anywhere_is_finished_by_the_next() {
             let reclaimer = thread::spawn(move || {
                 let p3 = proc(&r3, 3);
                 crash::arm(k);
-                let w = exclusive(&a3.rw, &p3).unwrap();
+                let w = exclusive(&a3.rw, &p3, soon()).unwrap();
                 let all = (0..a3.n).map(|i| (block(i), 0));
                 match reclaim(&*a3, &[&a3.head], all, 64, |t| !p3.is_alive_owner(t)) {
                     Ok(_) => drop(w),

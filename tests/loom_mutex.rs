@@ -16,7 +16,7 @@ mod loom_model;
 
 use loom::sync::Arc;
 use loom::thread;
-use loom_model::{Registry, proc};
+use loom_model::{Registry, proc, proc_with_record, thread_of};
 use shmkit::sync::{LockError, Mutex};
 
 #[test]
@@ -143,5 +143,51 @@ fn exactly_one_of_two_waiters_gets_owner_died() {
             Err(e) => panic!("{e}"),
         };
         assert_eq!(mine + t.join().unwrap(), 1);
+    });
+}
+
+/// Two threads of one process (one attachment: the same tag and lock record)
+/// contend. Whichever finds its own tag in the word, put there by the other, must
+/// wait for it (or get `WouldBlock`), never call it forged; no update is lost.
+#[test]
+fn two_threads_of_one_process_contend_without_a_false_corrupt() {
+    loom::model(|| {
+        let reg = Registry::new();
+        let m = Arc::new(Mutex::new(0u64));
+        let p0 = proc_with_record(&reg, 0);
+        let (m2, p0b) = (m.clone(), thread_of(&p0));
+        let t = thread::spawn(move || {
+            let tried = match m2.try_lock(&p0b) {
+                Ok(mut g) => {
+                    *g += 1;
+                    1
+                }
+                Err(LockError::WouldBlock) => 0,
+                Err(e) => panic!("{e:?}"),
+            };
+            *m2.lock(&p0b).unwrap() += 1;
+            tried
+        });
+        *m.lock(&p0).unwrap() += 1;
+        *m.lock(&p0).unwrap() += 1;
+        let tried = t.join().unwrap();
+        assert_eq!(*m.lock(&p0).unwrap(), 3 + tried);
+    });
+}
+
+/// A word naming our tag that none of our threads holds (written by a context
+/// with our tag but not our record: what a peer writing our tag amounts to) is
+/// `Corrupt` for each of our threads, also when two of them wait on it at once.
+#[test]
+fn a_word_forged_with_our_tag_is_corrupt_for_every_thread_of_ours() {
+    loom::model(|| {
+        let reg = Registry::new();
+        let m = Arc::new(Mutex::new(0u64));
+        std::mem::forget(m.lock(&proc(&reg, 0)).unwrap()); // the forgery
+        let p0 = proc_with_record(&reg, 0);
+        let (m2, p0b) = (m.clone(), thread_of(&p0));
+        let t = thread::spawn(move || matches!(m2.lock(&p0b), Err(LockError::Corrupt { .. })));
+        assert!(matches!(m.lock(&p0), Err(LockError::Corrupt { .. })));
+        assert!(t.join().unwrap());
     });
 }

@@ -9,7 +9,7 @@ mod loom_model;
 
 use loom::sync::Arc;
 use loom::thread;
-use loom_model::{Registry, proc};
+use loom_model::{Registry, proc, proc_with_record, thread_of};
 use shmkit::sync::{LockError, RwLock};
 
 type Lock = RwLock<[u64; 2], 4>;
@@ -102,5 +102,58 @@ fn a_writer_that_dies_hands_owner_died_to_the_next_writer() {
         g.make_consistent();
         drop(g);
         assert_eq!(*l.read(&p0).unwrap(), [1, 1]);
+    });
+}
+
+/// A writer and a reader of one process (one attachment: the same tag and lock
+/// record): each may find our tag (the writer's in `state`, the reader's share in
+/// our entry) put there by the other, and must wait, never call it forged.
+#[test]
+fn a_writer_and_a_reader_of_one_process_never_see_a_false_corrupt() {
+    loom::model(|| {
+        let reg = Registry::new();
+        let l = Arc::new(Lock::new([0, 0]));
+        let p0 = proc_with_record(&reg, 0);
+        let (l2, p0b) = (l.clone(), thread_of(&p0));
+        let w = thread::spawn(move || {
+            let mut g = l2.write(&p0b).unwrap();
+            g[0] = 1;
+            g[1] = 1;
+        });
+        let seen = *l.read(&p0).unwrap();
+        assert!(seen == [0, 0] || seen == [1, 1], "torn read {seen:?}");
+        w.join().unwrap();
+        assert_eq!(*l.read(&p0).unwrap(), [1, 1]);
+    });
+}
+
+/// Two writers of one process contend without a false `Corrupt`.
+#[test]
+fn two_writers_of_one_process_lose_no_update_and_see_no_false_corrupt() {
+    loom::model(|| {
+        let reg = Registry::new();
+        let l = Arc::new(Lock::new([0, 0]));
+        let p0 = proc_with_record(&reg, 0);
+        let (l2, p0b) = (l.clone(), thread_of(&p0));
+        let w = thread::spawn(move || l2.write(&p0b).unwrap()[0] += 1);
+        l.write(&p0).unwrap()[0] += 1;
+        w.join().unwrap();
+        assert_eq!(l.read(&p0).unwrap()[0], 2);
+    });
+}
+
+/// A `state` naming our tag that no thread of ours holds (a context with our tag
+/// but not our record wrote it) is `Corrupt` for our readers and writers.
+#[test]
+fn a_state_forged_with_our_tag_is_corrupt_for_readers_and_writers() {
+    loom::model(|| {
+        let reg = Registry::new();
+        let l = Arc::new(Lock::new([0, 0]));
+        std::mem::forget(l.write(&proc(&reg, 0)).unwrap()); // the forgery
+        let p0 = proc_with_record(&reg, 0);
+        let (l2, p0b) = (l.clone(), thread_of(&p0));
+        let r = thread::spawn(move || matches!(l2.read(&p0b), Err(LockError::Corrupt { .. })));
+        assert!(matches!(l.write(&p0), Err(LockError::Corrupt { .. })));
+        assert!(r.join().unwrap());
     });
 }

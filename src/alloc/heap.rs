@@ -15,7 +15,7 @@ use super::list;
 use super::mem::Mem;
 use super::owner::{BlockState, FREE_WORD};
 use super::pages::{self, FREE, LARGE, Op, Run, SPAN, Table};
-use super::pool::{self, Cache, Reclaimed, exclusive, lock_error};
+use super::pool::{self, Cache, Deadline, LOCK_WAIT, Reclaimed, exclusive, lock_error};
 use super::seg_mem::SegMem;
 
 /// A process's handle on the shared heap of a segment.
@@ -113,6 +113,21 @@ impl Heap {
         &self.mem.seg
     }
 
+    /// Test support (`testkit`): the offsets from the segment base of the heap's
+    /// page lock and transfer lock (`(page, transfer)`), where the hostile-peer
+    /// tests write.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn lock_offsets(&self) -> (u64, u64) {
+        let base = self.mem.seg.as_ptr().addr();
+        let h = self.mem.hdr();
+        let at = |p: usize| (p - base) as u64;
+        (
+            at(std::ptr::from_ref(&h.page_lock).addr()),
+            at(std::ptr::from_ref(&h.transfer).addr()),
+        )
+    }
+
     /// The root words of the structures built on the heap (zeroed at build).
     #[cfg(not(loom))]
     pub(crate) fn roots(&self) -> &[AtomicU64; super::seg_mem::ROOT_WORDS] {
@@ -139,7 +154,11 @@ impl Heap {
     /// [`Error::InvalidArgument`] for an alignment that is not a power of two up to
     /// 4096; [`Error::OutOfMemory`] when the segment's maximum is reached (after
     /// reclaiming dead processes' blocks and trimming); [`Error::NoSpace`] when the
-    /// backing store is full; [`Error::Corrupt`] if heap metadata was overwritten.
+    /// backing store is full; [`Error::Corrupt`] if heap metadata was overwritten
+    /// (a heap lock word naming this handle's attachment while none of its threads
+    /// holds the lock is such damage, reported at once); [`Error::LockTimeout`] if
+    /// a live process (stopped, say) holds a heap lock the call needs past the
+    /// heap's lock bound (5 s), which bounds all the waits of one call together.
     ///
     /// # Examples
     ///
@@ -167,12 +186,18 @@ impl Heap {
     #[cold]
     fn alloc_small_slow(&self, c: usize, me: OwnerTag, size: u64) -> Result<u64> {
         let head = self.mem.head(c);
+        // One bound for every lock this call takes.
+        let d = Deadline::after(LOCK_WAIT);
         for attempt in 0..2 {
-            if !self
-                .cache
-                .refill(&self.mem, head, &self.mem.hdr().transfer, &self.mem.seg, c)?
-            {
-                match self.carve(c, me) {
+            if !self.cache.refill(
+                &self.mem,
+                head,
+                &self.mem.hdr().transfer,
+                &self.mem.seg,
+                c,
+                d,
+            )? {
+                match self.carve(c, me, d) {
                     Ok(span) => {
                         let g = GEOMETRY[c];
                         let blocks = span + g.meta_pages * PAGE_SIZE;
@@ -185,10 +210,11 @@ impl Heap {
                             (0..g.blocks)
                                 .rev()
                                 .map(|i| (blocks + i * g.size, span + 8 * i)),
+                            d,
                         )?;
                     }
                     Err(Error::OutOfMemory { .. }) if attempt == 0 => {
-                        self.recover_space()?;
+                        self.recover_space(d)?;
                         continue;
                     }
                     Err(Error::OutOfMemory { .. }) => return Err(self.oom(size)),
@@ -203,18 +229,28 @@ impl Heap {
     }
 
     /// Reclaims dead processes' blocks and gives whole free spans back to the page
-    /// level, before an out-of-memory error.
+    /// level, before an out-of-memory error: within the call's deadline `d`, and
+    /// [`RECOVERY_WAIT`] at most.
+    ///
+    /// # Errors
+    ///
+    /// As [`reclaim_dead`](Self::reclaim_dead) and [`trim`](Self::trim), but not
+    /// a lock held past the deadline: a live process stopped inside a transfer
+    /// holds the write side up, and the caller then reports `OutOfMemory`.
     #[cold]
-    fn recover_space(&self) -> Result<()> {
-        // Our own cached blocks pin their spans: give them back first.
-        let _ = self.flush();
-        // A live process stopped inside a transfer would hold the write side up:
-        // give up after a while (the caller then reports OutOfMemory).
-        if let Ok(_w) = pool::exclusive_for(&self.mem.hdr().transfer, &self.mem.seg, RECOVERY_WAIT)
-        {
-            drop(_w);
-            self.reclaim_dead()?;
-            self.trim()?;
+    fn recover_space(&self, d: Deadline) -> Result<()> {
+        let d = d.within(RECOVERY_WAIT);
+        // Our own cached blocks pin their spans: give them back first (a failure
+        // only leaves them cached).
+        let _ = self.flush_until(d);
+        // Ok(false): the deadline passed (stop there).
+        let done = |r: Result<()>| match r {
+            Ok(()) => Ok(true),
+            Err(Error::LockTimeout { .. }) => Ok(false),
+            Err(e) => Err(e),
+        };
+        if done(self.reclaim_dead_until(d).map(drop))? {
+            done(self.trim_until(d).map(drop))?;
         }
         Ok(())
     }
@@ -233,21 +269,22 @@ impl Heap {
         }
     }
 
-    /// Takes the page lock, replaying the journal of a holder that died.
+    /// Takes the page lock (waiting [`LOCK_WAIT`] at most), replaying the journal
+    /// of a holder that died.
     pub(crate) fn page_lock(&self) -> Result<MutexGuard<'_, ()>> {
-        match self
-            .mem
-            .hdr()
-            .page_lock
-            .lock_for(&self.mem.seg, pool::LOCK_WAIT)
-        {
+        self.page_lock_until(Deadline::after(LOCK_WAIT))
+    }
+
+    /// As [`page_lock`](Self::page_lock), waiting until `d` at the latest.
+    fn page_lock_until(&self, d: Deadline) -> Result<MutexGuard<'_, ()>> {
+        match self.mem.hdr().page_lock.lock_until(&self.mem.seg, d.at()) {
             Ok(g) => Ok(g),
             Err(LockError::OwnerDied(mut g)) => {
                 pages::replay(&self.mem);
                 g.make_consistent();
                 Ok(g)
             }
-            Err(e) => Err(lock_error("heap page lock", e.map(|_| ()))),
+            Err(e) => Err(lock_error("the heap's page lock", e.map(|_| ()), d)),
         }
     }
 
@@ -277,9 +314,9 @@ impl Heap {
 
     /// Carves a span of class `c` whose blocks are all `Cached(me)`; returns its
     /// offset.
-    fn carve(&self, c: usize, me: OwnerTag) -> Result<u64> {
+    fn carve(&self, c: usize, me: OwnerTag, d: Deadline) -> Result<u64> {
         let g = GEOMETRY[c];
-        let _pl = self.page_lock()?;
+        let _pl = self.page_lock_until(d)?;
         let cached = BlockState::Cached(me).to_word();
         let start = self.take_pages(
             g.pages,
@@ -328,9 +365,10 @@ impl Heap {
                 }
             }
         }
+        let d = Deadline::after(LOCK_WAIT);
         for attempt in 0..2 {
             let r = {
-                let _pl = self.page_lock()?;
+                let _pl = self.page_lock_until(d)?;
                 self.take_pages(
                     n,
                     LARGE,
@@ -346,7 +384,7 @@ impl Heap {
             };
             match r {
                 Ok(start) => return Ok(self.mem.page_off(start)),
-                Err(Error::OutOfMemory { .. }) if attempt == 0 => self.recover_space()?,
+                Err(Error::OutOfMemory { .. }) if attempt == 0 => self.recover_space(d)?,
                 Err(Error::OutOfMemory { .. }) => return Err(self.oom(size)),
                 Err(e) => return Err(e),
             }
@@ -361,7 +399,9 @@ impl Heap {
     ///
     /// [`Error::BadBlock`] if `off` is not the start of a block of this heap that is
     /// allocated (a double free, an interior or foreign offset); nothing changes
-    /// then. [`Error::Corrupt`] if heap metadata was overwritten.
+    /// then. [`Error::Corrupt`] if heap metadata was overwritten;
+    /// [`Error::LockTimeout`] for a large block whose pages go back while a live
+    /// process holds the page lock past the heap's lock bound (5 s).
     ///
     /// # Examples
     ///
@@ -385,7 +425,7 @@ impl Heap {
                 if n > 2 * batch {
                     // The block is freed (the CAS above was the commit point): a
                     // failed flush only leaves more blocks in our cache.
-                    let _ = self.flush_class(loc.class, batch);
+                    let _ = self.flush_class(loc.class, batch, Deadline::after(LOCK_WAIT));
                 }
                 Ok(())
             }
@@ -394,7 +434,7 @@ impl Heap {
     }
 
     #[cold]
-    fn flush_class(&self, c: usize, keep: usize) -> Result<()> {
+    fn flush_class(&self, c: usize, keep: usize, d: Deadline) -> Result<()> {
         self.cache.flush(
             &self.mem,
             self.mem.head(c),
@@ -402,6 +442,7 @@ impl Heap {
             &self.mem.seg,
             c,
             keep,
+            d,
         )
     }
 
@@ -428,7 +469,7 @@ impl Heap {
             self.large.put(r.start, r.len);
             return Ok(());
         }
-        let _pl = self.page_lock()?;
+        let _pl = self.page_lock_until(Deadline::after(LOCK_WAIT))?;
         let r = self.large_at(off).ok_or_else(bad)?;
         // Cached(me), not a used state: a racing free of the same block gets
         // BadBlock; a crash before the commit leaves it ours to reclaim.
@@ -447,14 +488,15 @@ impl Heap {
         pages::commit(&self.mem, &ops);
     }
 
-    /// Gives the cached large runs back to the page level.
-    fn flush_large(&self) -> Result<()> {
-        let runs = self.large.drain();
-        if runs.is_empty() {
+    /// Gives the cached large runs back to the page level (the page lock waited
+    /// for until `d`; the runs stay cached if it cannot be had).
+    fn flush_large(&self, d: Deadline) -> Result<()> {
+        if self.large.is_empty() {
             return Ok(());
         }
         let me = self.me()?;
-        let _pl = self.page_lock()?;
+        let _pl = self.page_lock_until(d)?;
+        let runs = self.large.drain();
         for (start, n) in runs {
             let Some(r) = pages::run_at(&self.mem, start)
                 .filter(|r| r.kind == LARGE && r.start == start && r.len == n)
@@ -778,7 +820,9 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the metadata is broken (see [`verify`](Self::verify)).
+    /// [`Error::Corrupt`] if the metadata is broken (see [`verify`](Self::verify));
+    /// [`Error::LockTimeout`] if a live process holds the transfer or page lock
+    /// past the heap's lock bound (5 s, both waits together).
     ///
     /// # Examples
     ///
@@ -789,9 +833,14 @@ impl Heap {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn reclaim_dead(&self) -> Result<Reclaimed> {
+        self.reclaim_dead_until(Deadline::after(LOCK_WAIT))
+    }
+
+    /// [`reclaim_dead`](Self::reclaim_dead), waiting for its locks until `d`.
+    fn reclaim_dead_until(&self, d: Deadline) -> Result<Reclaimed> {
         let seg = &self.mem.seg;
-        let _w = exclusive(&self.mem.hdr().transfer, seg)?;
-        let _pl = self.page_lock()?;
+        let _w = exclusive(&self.mem.hdr().transfer, seg, d)?;
+        let _pl = self.page_lock_until(d)?;
         let runs = self.runs()?;
         let mut verdicts: HashMap<OwnerTag, bool> = HashMap::new();
         let mut is_dead =
@@ -859,7 +908,8 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the metadata is broken.
+    /// [`Error::Corrupt`] if the metadata is broken; [`Error::LockTimeout`] as
+    /// [`reclaim_dead`](Self::reclaim_dead).
     ///
     /// # Examples
     ///
@@ -873,9 +923,14 @@ impl Heap {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn trim(&self) -> Result<u64> {
+        self.trim_until(Deadline::after(LOCK_WAIT))
+    }
+
+    /// [`trim`](Self::trim), waiting for its locks until `d`.
+    fn trim_until(&self, d: Deadline) -> Result<u64> {
         let seg = &self.mem.seg;
-        let _w = exclusive(&self.mem.hdr().transfer, seg)?;
-        let _pl = self.page_lock()?;
+        let _w = exclusive(&self.mem.hdr().transfer, seg, d)?;
+        let _pl = self.page_lock_until(d)?;
         let runs = self.runs()?;
         let mut empty: Vec<Run> = Vec::new();
         for r in runs.iter().filter(|r| r.kind == SPAN) {
@@ -938,23 +993,37 @@ impl Heap {
     }
 
     /// Gives this handle's cached free blocks back to the shared lists (dropping
-    /// the handle does it too).
+    /// the handle does it too). Waits for the locks the heap's lock bound (5 s) at
+    /// most *in all*, however many size classes are cached: once a lock has made
+    /// it wait that long, the remaining classes are tried once, without waiting.
+    /// What could not be given back stays cached (and is reclaimed once this
+    /// process is dead, if it never is).
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if a cached chain was overwritten.
+    /// The first failure: [`Error::Corrupt`] if a cached chain was overwritten, or
+    /// a lock word names this handle's attachment while none of its threads holds
+    /// it (a forged or stray write: reported at once, not waited on);
+    /// [`Error::LockTimeout`] if a live process (stopped, say) held a heap lock
+    /// past the bound.
     ///
     /// # Examples
     ///
     /// See [`trim`](Self::trim).
     pub fn flush(&self) -> Result<()> {
+        self.flush_until(Deadline::after(LOCK_WAIT))
+    }
+
+    /// [`flush`](Self::flush), waiting for the locks until `d`.
+    fn flush_until(&self, d: Deadline) -> Result<()> {
         let mut first = Ok(());
         for c in 0..CLASSES {
-            if let Err(e) = self.flush_class(c, 0) {
+            if let Err(e) = self.flush_class(c, 0, d) {
                 first = first.and(Err(e));
             }
         }
-        first.and(self.flush_large())
+        let large = self.flush_large(d);
+        first.and(large)
     }
 
     /// Every run of the tiling, in order (bounded by the break).

@@ -38,6 +38,11 @@ impl LargeCache {
         self.runs.borrow_mut().push((start, pages));
     }
 
+    /// Whether no run is cached.
+    pub fn is_empty(&self) -> bool {
+        self.runs.borrow().is_empty()
+    }
+
     /// Empties the cache.
     pub fn drain(&self) -> Vec<(u64, u64)> {
         std::mem::take(&mut *self.runs.borrow_mut())

@@ -86,5 +86,7 @@ pub mod model {
     pub use super::mem::{Loc, Mem};
     pub use super::owner::BlockState;
     pub use super::owner::FREE_WORD;
-    pub use super::pool::{Cache, TransferLock, exclusive, free_small, reclaim, transfer_lock};
+    pub use super::pool::{
+        Cache, Deadline, LOCK_WAIT, TransferLock, exclusive, free_small, reclaim, transfer_lock,
+    };
 }

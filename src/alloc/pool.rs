@@ -17,6 +17,7 @@
 //! every live process outside its transfers, no live process can be holding it).
 
 use std::cell::RefCell;
+use std::time::{Duration, Instant};
 
 use crate::loom::Ordering;
 use crate::sync::{Context, LockError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -28,9 +29,49 @@ use super::mem::{Loc, Mem};
 use super::owner::{BlockState, FREE_WORD};
 
 /// How long a heap operation waits for a lock held by a live process before it
-/// gives up with an error: holds are microseconds to milliseconds, so this only
-/// triggers on a stopped process or a forged lock word (a hang would be worse).
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// gives up with [`Error::LockTimeout`]: holds are microseconds to milliseconds,
+/// so this only triggers on a stopped (or stuck) process. It bounds the whole
+/// call: every lock one call takes shares one [`Deadline`].
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// One heap call's deadline for all the locks it takes: a call waits at most its
+/// bound *in all*, however many size classes or locks it goes through, and once
+/// one lock has made it wait the bound out, the rest fail (or succeed) at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    start: Instant,
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline `wait` from now.
+    pub fn after(wait: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            start,
+            at: start.checked_add(wait).unwrap_or(start),
+        }
+    }
+
+    /// The same call's deadline, no later than `wait` from now.
+    pub fn within(self, wait: Duration) -> Self {
+        let soon = Instant::now().checked_add(wait).unwrap_or(self.at);
+        Self {
+            start: self.start,
+            at: self.at.min(soon),
+        }
+    }
+
+    /// The instant.
+    pub fn at(self) -> Instant {
+        self.at
+    }
+
+    /// How long the call has run.
+    pub fn waited(self) -> Duration {
+        self.start.elapsed()
+    }
+}
 
 /// Reader entries of the transfer lock (slots beyond it take the write side).
 pub const TRANSFER_READERS: usize = 128;
@@ -47,65 +88,69 @@ pub enum TransferGuard<'a> {
     Write(#[allow(dead_code)] RwLockWriteGuard<'a, (), TRANSFER_READERS>),
 }
 
-/// Takes the transfer lock for a refill or flush.
+/// The transfer lock's name in errors.
+const TRANSFER: &str = "the heap's transfer lock";
+
+/// Takes the transfer lock for a refill or flush, waiting until `d` at the latest.
 ///
 /// # Errors
 ///
-/// [`Error::ForkedHandle`]-like refusal for a handle naming nobody; a lock that
-/// can never be taken again is reported as corruption.
-pub fn transfer_lock<'a, C: Context>(rw: &'a TransferLock, cx: &'a C) -> Result<TransferGuard<'a>> {
-    match rw.read_for(cx, LOCK_WAIT) {
+/// [`Error::LockTimeout`] if a live process holds it in write mode past `d`;
+/// [`Error::InvalidArgument`] for a handle naming nobody; [`Error::Corrupt`] for a
+/// lock that can never be taken again, or a lock word naming this attachment
+/// while none of its threads holds it.
+pub fn transfer_lock<'a, C: Context>(
+    rw: &'a TransferLock,
+    cx: &'a C,
+    d: Deadline,
+) -> Result<TransferGuard<'a>> {
+    match rw.read_until(cx, d.at()) {
         Ok(g) | Err(LockError::OwnerDied(g)) => Ok(TransferGuard::Read(g)),
-        Err(LockError::NoReaderEntry { .. }) => exclusive(rw, cx).map(TransferGuard::Write),
-        Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
+        Err(LockError::NoReaderEntry { .. }) => exclusive(rw, cx, d).map(TransferGuard::Write),
+        Err(e) => Err(lock_error(TRANSFER, e.map(|_| ()), d)),
     }
 }
 
 /// Takes the transfer lock in write mode (reclaim, trim, verify; transfers of slots
-/// without a reader entry). A previous writer that died is taken over: what it left
+/// without a reader entry), waiting until `d` at the latest for the readers
+/// (transfers) to leave. A previous writer that died is taken over: what it left
 /// half-done (blocks Free and unlisted, or owned by it) is what the next
 /// `reclaim` repairs.
 ///
 /// # Errors
 ///
-/// As [`transfer_lock`].
+/// As [`transfer_lock`] (a live reader past `d` too).
 pub fn exclusive<'a, C: Context>(
     rw: &'a TransferLock,
     cx: &'a C,
+    d: Deadline,
 ) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
-    exclusive_for(rw, cx, LOCK_WAIT)
-}
-
-/// [`exclusive`], waiting at most `wait` for the readers (transfers) to leave.
-///
-/// # Errors
-///
-/// As [`transfer_lock`], and a corruption error naming the timeout.
-pub fn exclusive_for<'a, C: Context>(
-    rw: &'a TransferLock,
-    cx: &'a C,
-    wait: std::time::Duration,
-) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
-    match rw.write_for(cx, wait) {
+    match rw.write_until(cx, d.at()) {
         Ok(g) => Ok(g),
         Err(LockError::OwnerDied(mut g)) => {
             g.make_consistent();
             Ok(g)
         }
-        Err(e) => Err(lock_error("transfer lock", e.map(|_| ()))),
+        Err(e) => Err(lock_error(TRANSFER, e.map(|_| ()), d)),
     }
 }
 
-/// The error for a heap lock that cannot be taken.
-pub fn lock_error(what: &'static str, e: LockError<()>) -> Error {
+/// The error for a heap lock `what` that a call with deadline `d` could not take.
+pub fn lock_error(what: &'static str, e: LockError<()>, d: Deadline) -> Error {
     match e {
         LockError::NotAttached => Error::InvalidArgument(
             "this handle acts for no registry slot (forked without after_fork?)",
         ),
-        LockError::TimedOut | LockError::WouldBlock => Error::corrupt(
+        // A live holder past the bound: a stopped or stuck process, not damage.
+        LockError::TimedOut | LockError::WouldBlock => Error::LockTimeout {
+            what,
+            waited: d.waited(),
+        },
+        LockError::Corrupt { word } => Error::corrupt(
             what,
             format!(
-                "held longer than {LOCK_WAIT:?} by a live process (stopped, or a forged lock word)"
+                "lock word {word:#018x} names this attachment, which neither holds nor is \
+                 taking it (a forged or stray write)"
             ),
         ),
         other => Error::corrupt(what, format!("cannot be acquired: {other:?}")),
@@ -187,6 +232,7 @@ impl Cache {
     /// # Errors
     ///
     /// As [`flush`](Self::flush).
+    #[allow(clippy::too_many_arguments)] // the pool's parts, as every Cache call
     pub fn adopt<M: Mem, C: Context>(
         &self,
         mem: &M,
@@ -195,16 +241,18 @@ impl Cache {
         cx: &C,
         c: usize,
         blocks: impl Iterator<Item = (u64, u64)>,
+        d: Deadline,
     ) -> Result<()> {
         self.stacks.borrow_mut()[c].extend(blocks);
-        self.flush(mem, head, rw, cx, c, GEOMETRY[c].batch as usize)
+        self.flush(mem, head, rw, cx, c, GEOMETRY[c].batch as usize, d)
     }
 
     /// Refills class `c` with one batch from the shared list; false if it is empty.
+    /// Waits for the transfer lock until `d` at the latest.
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] for a corrupt list; lock errors.
+    /// [`Error::Corrupt`] for a corrupt list; lock errors (see [`transfer_lock`]).
     pub fn refill<M: Mem, C: Context>(
         &self,
         mem: &M,
@@ -212,9 +260,10 @@ impl Cache {
         rw: &TransferLock,
         cx: &C,
         c: usize,
+        d: Deadline,
     ) -> Result<bool> {
         let me = cx.me();
-        let g = transfer_lock(rw, cx)?;
+        let g = transfer_lock(rw, cx, d)?;
         if crate::loom::crash_point() {
             return Err(died(g));
         }
@@ -258,11 +307,13 @@ impl Cache {
     }
 
     /// Moves all but `keep` cached blocks of class `c` (the oldest) to the shared
-    /// list, in batches.
+    /// list, in batches. Waits for the transfer lock until `d` at the latest.
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] for a block whose link word is out of range; lock errors.
+    /// [`Error::Corrupt`] for a block whose link word is out of range; lock errors
+    /// (see [`transfer_lock`]).
+    #[allow(clippy::too_many_arguments)] // the pool's parts, as every Cache call
     pub fn flush<M: Mem, C: Context>(
         &self,
         mem: &M,
@@ -271,11 +322,12 @@ impl Cache {
         cx: &C,
         c: usize,
         keep: usize,
+        d: Deadline,
     ) -> Result<()> {
         if self.count(c) <= keep {
             return Ok(());
         }
-        let g = transfer_lock(rw, cx)?;
+        let g = transfer_lock(rw, cx, d)?;
         let batch = GEOMETRY[c].batch as usize;
         let mut stacks = self.stacks.borrow_mut();
         let stack = &mut stacks[c];

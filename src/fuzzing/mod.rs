@@ -1373,12 +1373,12 @@ pub fn heap_corrupt_word(target: usize, kind: u8) -> bool {
 /// second handle, then the first allocates a large block (its pages come from the
 /// page level: waits in `Mutex::lock_for`); 1: the second handle's reader entry in
 /// the transfer lock shows one share, then the first calls `reclaim_dead` (waits
-/// in `RwLock::write_for`). Returns what the blocked call returned (a corruption
-/// error, after the wait).
+/// in `RwLock::write_for`). Returns what the blocked call returned (a timeout
+/// error naming the lock, after the wait: the word names a live process).
 ///
 /// # Errors
 ///
-/// The blocked call's: [`Error::Corrupt`] naming the lock.
+/// The blocked call's: [`Error::LockTimeout`] naming the lock.
 ///
 /// # Panics
 ///

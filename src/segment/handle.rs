@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     /// The last committed value read from the header that could not be backed (so
     /// that it is tried once, not on every read). Process-local.
     pub(super) refused: AtomicU64,
+    /// The robust locks this attachment's threads are taking or holding (tells a
+    /// lock word forged with our tag from a hold by another of our threads).
+    pub(super) held: crate::sync::HeldLocks,
 }
 
 /// The initial `ensured` of a handle on `store`: 0 where the attachment must back
@@ -117,6 +120,7 @@ impl Segment {
         created: bool,
     ) -> Result<Segment> {
         let ensured = initial_ensured(&store);
+        let held = super::owner::held_record(&map);
         let mut seg = Segment {
             inner: StdArc::new(Inner {
                 map,
@@ -135,6 +139,7 @@ impl Segment {
                 local: std::sync::Mutex::new(crate::segment::Local::default()),
                 ensured: AtomicU64::new(ensured),
                 refused: AtomicU64::new(0),
+                held,
             }),
         };
         seg.back_at_attach()?;
@@ -969,6 +974,9 @@ impl Segment {
         inner.persist.store(1, Ordering::Relaxed);
         // The parent's holds on directory objects are the parent's.
         *inner.local.get_mut().unwrap_or_else(|e| e.into_inner()) = Default::default();
+        // So are the locks its threads held (no guard of ours can borrow this
+        // record now: we hold the only handle, mutably).
+        inner.held = super::owner::held_record(&inner.map);
         let claimed = self.claim_slot();
         drop(old);
         claimed?;
@@ -1008,6 +1016,7 @@ impl Segment {
                 // The same mapping of the same object: what it backed is backed.
                 ensured: AtomicU64::new(old.ensured.load(Ordering::Acquire)),
                 refused: AtomicU64::new(old.refused.load(Ordering::Relaxed)),
+                held: super::owner::held_record(&old.map),
             }),
         };
         seg.claim_slot()?;

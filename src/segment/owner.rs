@@ -2,6 +2,8 @@
 //! say it, and the question every robust structure asks: is that owner alive?
 
 use crate::segment::handle::Segment;
+use crate::segment::mapping::Mapping;
+use crate::sync::HeldLocks;
 
 /// Bits of an owner tag that carry the incarnation.
 const INC_BITS: u32 = 46;
@@ -87,6 +89,13 @@ impl Segment {
         OwnerTag::new(self.slot(), self.incarnation()).unwrap_or(OwnerTag(0))
     }
 
+    /// The record of the robust locks this attachment's threads are taking or
+    /// holding (see [`HeldLocks`]).
+    #[inline]
+    pub(crate) fn held_locks_record(&self) -> &HeldLocks {
+        &self.inner.held
+    }
+
     /// Whether the holder `tag` names is alive: the kernel still holds its tag
     /// witness (a lock on a byte whose offset is the tag, taken by the owner before
     /// its registry slot said so and released only after it detached), and `/proc`
@@ -115,4 +124,11 @@ impl Segment {
         }
         self.foreign_owner_alive(tag)
     }
+}
+
+/// A fresh lock record for an attachment through `map` (its addresses name each
+/// lock in the segment uniquely).
+pub(super) fn held_record(map: &Mapping) -> HeldLocks {
+    let base = map.ptr().as_ptr() as usize;
+    HeldLocks::new(base..base.saturating_add(map.len()))
 }

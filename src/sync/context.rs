@@ -1,6 +1,7 @@
 //! Who is locking, and how to tell whether a holder is alive.
 
 use crate::segment::{OwnerTag, Segment};
+use crate::sync::HeldLocks;
 
 /// The caller's identity and a liveness oracle, as the locks need them.
 ///
@@ -34,6 +35,21 @@ pub unsafe trait Context {
     fn me(&self) -> OwnerTag;
     /// Whether the holder `tag` names is alive (false for a tag naming nobody).
     fn is_alive_owner(&self, tag: OwnerTag) -> bool;
+
+    /// The record of the locks this context's attachment is taking or holding,
+    /// if it keeps one. With it, a lock word that names [`me`](Self::me) while no
+    /// thread of the attachment holds or is taking that lock (a forged or stray
+    /// write) fails at once with [`LockError::Corrupt`](crate::sync::LockError);
+    /// without it (`None`, the default) such a word is waited on like any live
+    /// holder, until the call's deadline.
+    ///
+    /// Every context with the same `me()` must return the same record (clones of
+    /// one attachment share it), and contexts with other tags other records: a
+    /// record shared with another tag, or a tag spread over several records, can
+    /// make a legitimate hold look forged (an error, never unsoundness).
+    fn held_locks(&self) -> Option<&HeldLocks> {
+        None
+    }
 }
 
 #[allow(unsafe_code)] // the registry keeps the contract
@@ -51,5 +67,10 @@ unsafe impl Context for Segment {
 
     fn is_alive_owner(&self, tag: OwnerTag) -> bool {
         self.is_owner_alive(tag)
+    }
+
+    #[inline]
+    fn held_locks(&self) -> Option<&HeldLocks> {
+        Some(self.held_locks_record())
     }
 }

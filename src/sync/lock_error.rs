@@ -49,6 +49,14 @@ pub enum LockError<G> {
         /// Reader entries in the lock.
         entries: usize,
     },
+    /// The lock word names the caller's own attachment, yet none of the
+    /// attachment's threads holds or is taking the lock: a peer (or a stray write)
+    /// put the caller's tag there. Not waited on: the locks are not reentrant, so
+    /// no hold of ours can ever release it.
+    Corrupt {
+        /// The word seen (a lock word, or an `RwLock`'s reader entry).
+        word: u64,
+    },
 }
 
 impl<G> LockError<G> {
@@ -63,6 +71,7 @@ impl<G> LockError<G> {
             LockError::NoReaderEntry { slot, entries } => {
                 LockError::NoReaderEntry { slot, entries }
             }
+            LockError::Corrupt { word } => LockError::Corrupt { word },
         }
     }
 
@@ -84,6 +93,7 @@ impl<G> fmt::Debug for LockError<G> {
             LockError::TimedOut => "TimedOut",
             LockError::NotAttached => "NotAttached",
             LockError::NoReaderEntry { .. } => "NoReaderEntry",
+            LockError::Corrupt { word } => return write!(f, "Corrupt {{ word: {word:#018x} }}"),
         })
     }
 }
@@ -105,6 +115,11 @@ impl<G> fmt::Display for LockError<G> {
             LockError::NoReaderEntry { slot, entries } => write!(
                 f,
                 "the RwLock has {entries} reader entries but the caller holds registry slot {slot}"
+            ),
+            LockError::Corrupt { word } => write!(
+                f,
+                "lock word {word:#018x} names the caller's own attachment, which neither holds \
+                 nor is taking the lock (a forged or stray write)"
             ),
         }
     }

@@ -17,6 +17,7 @@
 //! | `NOT_RECOVERABLE [| W]`       | a holder dropped an inconsistent guard       |
 //! | `ABANDONED [| W]`             | a holder panicked: next locker gets `OwnerDied` |
 //! | any other word naming nobody, or a dead holder | taken over by the next locker, who gets `OwnerDied` |
+//! | the locker's own tag, none of its attachment's threads taking or holding it | forged: `LockError::Corrupt` |
 //!
 //! Uncontended `lock` is one compare-and-swap `0 → tag` and `unlock` one swap to
 //! `0`: no syscall. Contended lockers spin briefly, then set `WAITERS` and sleep on
@@ -24,6 +25,12 @@
 //! waking one sleeper. Sleeps are sliced (2 ms): between slices a waiter asks the
 //! registry whether the holder is alive, so a holder killed with SIGKILL is noticed
 //! within a few milliseconds, without any help from the dead.
+//!
+//! Every lock call enters the lock in its attachment's lock record first (a
+//! [`HeldLocks`](crate::sync::HeldLocks)) and leaves it after the release, so that a word
+//! naming the caller's own attachment can be told to be a hold by another of its
+//! threads (wait) or a forgery (fail at once). The CASes that put a tag in the
+//! word are therefore `AcqRel`: their release half publishes the entry.
 //!
 //! # A process dying inside each operation
 //!
@@ -52,7 +59,7 @@ use crate::layout::{ShmSafe, ShmShared};
 use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell, spin_loop};
 use crate::segment::OwnerTag;
 use crate::sync::futex;
-use crate::sync::{Context, LockError, LockResult};
+use crate::sync::{Context, Held, LockError, LockResult};
 
 /// Someone may be sleeping on `seq`.
 const WAITERS: u64 = 1 << 62;
@@ -75,7 +82,9 @@ const LIVENESS_SLICE: Duration = Duration::from_millis(2);
 /// [`MutexGuard::make_consistent`]. Dropping that guard without it makes the mutex
 /// [`LockError::NotRecoverable`] for everyone. Not reentrant: a process (a
 /// [`Segment`](crate::Segment) handle) that locks twice without unlocking waits
-/// for itself, until its timeout.
+/// for itself, until its timeout. A word that names the caller's attachment while
+/// none of its threads holds or is taking the lock (a peer wrote it) is
+/// [`LockError::Corrupt`] at once (see [`HeldLocks`](crate::sync::HeldLocks)).
 ///
 /// # Examples
 ///
@@ -116,7 +125,10 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 #[must_use = "the mutex unlocks as soon as the guard is dropped"]
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
-    inconsistent: bool,
+    /// Our entry in the attachment's lock record, left after the release; its
+    /// owner bit says whether the data is marked inconsistent (so that the guard
+    /// stays two words).
+    held: Held<'a>,
     /// Makes the guard `Sync` only for `T: Sync` (as std's), `Send` for `T: Send`.
     _data: std::marker::PhantomData<&'a mut T>,
 }
@@ -201,24 +213,26 @@ impl<T> Mutex<T> {
         if OwnerTag::from_word(me).is_nobody() {
             return None;
         }
+        let held = Held::enter(cx.held_locks(), self.addr());
         loop {
             let w = self.word.load(Ordering::Relaxed);
             if w & !WAITERS != NOT_RECOVERABLE {
                 return None;
             }
             // SYNC: Acquire pairs with the Release swap of the holder that left it
-            // not recoverable.
+            // not recoverable; Release publishes our lock-record entry (as every
+            // CAS that puts our tag in the word: see `sync::held`).
             if self
                 .word
                 .compare_exchange(
                     w,
                     me | INCONSISTENT | (w & WAITERS),
-                    Ordering::Acquire,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
                 .is_ok()
             {
-                return Some(self.guard(true));
+                return Some(self.guard(true, held));
             }
         }
     }
@@ -228,7 +242,10 @@ impl<T> Mutex<T> {
     /// # Errors
     ///
     /// [`LockError::OwnerDied`] (holding the lock) if the previous holder died;
-    /// [`LockError::NotRecoverable`].
+    /// [`LockError::NotRecoverable`]; [`LockError::Corrupt`] if the word names the
+    /// caller's own attachment while none of its threads holds or is taking this
+    /// lock (a forged or stray write; a lock held by another thread of the
+    /// attachment, or by this one, is waited for).
     ///
     /// # Examples
     ///
@@ -246,18 +263,21 @@ impl<T> Mutex<T> {
         deadline: Option<Instant>,
     ) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
+        let held = Held::enter(cx.held_locks(), self.addr());
         // SYNC: Acquire pairs with the Release swap in MutexGuard::drop: the previous
-        // holder's writes to the data happen before ours. A caller naming nobody
-        // goes to the slow path, which refuses it with NotAttached.
+        // holder's writes to the data happen before ours. Release publishes our
+        // lock-record entry to whoever later reads our tag here (`sync::held`). A
+        // caller naming nobody goes to the slow path, which refuses it with
+        // NotAttached.
         if !OwnerTag::from_word(me).is_nobody()
             && self
                 .word
-                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            return Ok(self.guard(false));
+            return Ok(self.guard(false, held));
         }
-        self.lock_slow(cx, deadline, false)
+        self.lock_slow(cx, deadline, false, held)
     }
 
     /// Locks if that needs no waiting: free, or held by a dead holder (then
@@ -283,7 +303,8 @@ impl<T> Mutex<T> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn try_lock<'a>(&'a self, cx: &'a impl Context) -> LockResult<MutexGuard<'a, T>> {
-        self.lock_slow(cx, None, true)
+        let held = Held::enter(cx.held_locks(), self.addr());
+        self.lock_slow(cx, None, true, held)
     }
 
     /// Locks, waiting at most `timeout` for a live holder.
@@ -360,12 +381,19 @@ impl<T> Mutex<T> {
     }
 
     #[inline]
-    fn guard(&self, inconsistent: bool) -> MutexGuard<'_, T> {
+    fn guard<'a>(&'a self, inconsistent: bool, mut held: Held<'a>) -> MutexGuard<'a, T> {
+        held.set_flag(inconsistent);
         MutexGuard {
             mutex: self,
-            inconsistent,
+            held,
             _data: std::marker::PhantomData,
         }
+    }
+
+    /// The lock's identity in a lock record.
+    #[inline]
+    fn addr(&self) -> usize {
+        std::ptr::from_ref(self).addr()
     }
 
     /// Everything but the uncontended fast path: take over from a dead holder,
@@ -376,6 +404,7 @@ impl<T> Mutex<T> {
         cx: &'a impl Context,
         deadline: Option<Instant>,
         try_only: bool,
+        mut held: Held<'a>,
     ) -> LockResult<MutexGuard<'a, T>> {
         let me = cx.me().bits();
         if OwnerTag::from_word(me).is_nobody() {
@@ -387,14 +416,16 @@ impl<T> Mutex<T> {
         loop {
             let w = self.word.load(Ordering::Relaxed);
             if w == 0 {
-                // SYNC: Acquire pairs with the Release swap in MutexGuard::drop.
+                held.trying(self.addr());
+                // SYNC: Acquire pairs with the Release swap in MutexGuard::drop;
+                // Release publishes our lock-record entry (as in lock_fast).
                 match self.word.compare_exchange(
                     0,
                     me | keep_waiters,
-                    Ordering::Acquire,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return Ok(self.guard(false)),
+                    Ok(_) => return Ok(self.guard(false, held)),
                     Err(_) => continue,
                 }
             }
@@ -402,23 +433,34 @@ impl<T> Mutex<T> {
                 return Err(LockError::NotRecoverable);
             }
             let owner = OwnerTag::from_word(w);
-            let check_owner = spins >= SPINS || try_only || owner.is_nobody();
-            if check_owner && owner.bits() != me && !cx.is_alive_owner(owner) {
+            if owner.bits() == me {
+                // Our own attachment's tag: another of its threads holds it (wait),
+                // or nobody of ours does and a peer wrote it. Checked at first
+                // sight and after every sleep, not while spinning.
+                if (spins == 0 || spins >= SPINS) && held.forged(self.addr(), || self.names(me)) {
+                    return Err(LockError::Corrupt { word: w });
+                }
+            } else if (spins >= SPINS || try_only || owner.is_nobody()) && !cx.is_alive_owner(owner)
+            {
                 // The holder is gone: take over, marking the data suspect. Exactly one
                 // CAS from this word succeeds. SYNC: Acquire pairs with the dead
-                // holder's last Release (whatever it published before dying).
+                // holder's last Release (whatever it published before dying);
+                // Release publishes our lock-record entry (as in lock_fast).
                 let new = me | INCONSISTENT | (w & WAITERS);
+                held.trying(self.addr());
                 match self
                     .word
-                    .compare_exchange(w, new, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed)
                 {
-                    Ok(_) => return Err(LockError::OwnerDied(self.guard(true))),
+                    Ok(_) => return Err(LockError::OwnerDied(self.guard(true, held))),
                     Err(_) => continue,
                 }
             }
             if try_only {
                 return Err(LockError::WouldBlock);
             }
+            // Neither holding nor about to CAS our tag in, until `trying` above.
+            held.waiting(self.addr());
             if spins < SPINS {
                 spins += 1;
                 spin_loop();
@@ -443,6 +485,14 @@ impl<T> Mutex<T> {
             }
             keep_waiters = WAITERS;
         }
+    }
+
+    /// Whether the word names `me` now. SYNC: Acquire pairs with the release CAS
+    /// that put our tag there, if one of our threads did: its lock-record entry is
+    /// then visible to the check that follows (`sync::held`).
+    #[cold]
+    fn names(&self, me: u64) -> bool {
+        OwnerTag::from_word(self.word.load(Ordering::Acquire)).bits() == me
     }
 
     /// Releases the lock, leaving `end` in the word (0, `NOT_RECOVERABLE` or
@@ -508,12 +558,12 @@ impl<'a, T> MutexGuard<'a, T> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn make_consistent(&mut self) {
-        if self.inconsistent {
+        if self.held.flag() {
             // The word is ours; only waiters may set WAITERS concurrently, hence
             // the RMW. Relaxed: nothing is published by clearing the flag (the
             // unlock's Release publishes the repaired data).
             self.mutex.word.fetch_and(!INCONSISTENT, Ordering::Relaxed);
-            self.inconsistent = false;
+            self.held.set_flag(false);
         }
     }
 
@@ -525,14 +575,14 @@ impl<'a, T> MutexGuard<'a, T> {
     /// Whether the data is still marked inconsistent (after `OwnerDied`, until
     /// [`make_consistent`](Self::make_consistent)).
     pub fn is_inconsistent(&self) -> bool {
-        self.inconsistent
+        self.held.flag()
     }
 }
 
 impl<T> std::fmt::Debug for MutexGuard<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MutexGuard")
-            .field("inconsistent", &self.inconsistent)
+            .field("inconsistent", &self.held.flag())
             .finish_non_exhaustive()
     }
 }
@@ -569,8 +619,10 @@ impl<T> MutexGuard<'_, T> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn abandon(self) {
-        let this = std::mem::ManuallyDrop::new(self);
+        let mut this = std::mem::ManuallyDrop::new(self);
         this.mutex.release(ABANDONED);
+        // Leave the lock record after the release (as a drop does).
+        drop(std::mem::take(&mut this.held));
     }
 }
 
@@ -585,7 +637,7 @@ impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         let end = if std::thread::panicking() {
             ABANDONED
-        } else if self.inconsistent {
+        } else if self.held.flag() {
             NOT_RECOVERABLE
         } else {
             0

@@ -32,6 +32,13 @@
 //! **Fairness:** writer-preferring. Once a writer is waiting, new readers wait too;
 //! readers that already hold the lock finish. Writers queue on `state`.
 //!
+//! **Our own tag.** A caller that finds its own attachment's tag in `state`, or
+//! shares in its own reader entry, waits if another thread of the attachment is
+//! the writer or the reader (or is taking the lock), and fails at once with
+//! [`LockError::Corrupt`] if none is (a peer wrote it): every call enters the lock
+//! in the attachment's [`HeldLocks`](crate::sync::HeldLocks) record first, marks
+//! itself waiting while it waits, and leaves after its release.
+//!
 //! # A process dying inside each operation
 //!
 //! - reader, anywhere (announced or holding): its entry names a dead process; the
@@ -47,7 +54,7 @@ use std::time::{Duration, Instant};
 use crate::layout::{ShmSafe, ShmShared};
 use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell, fence};
 use crate::segment::OwnerTag;
-use crate::sync::{Context, LockError, LockResult, futex};
+use crate::sync::{Context, Held, LockError, LockResult, futex};
 
 const INCONSISTENT: u64 = 1 << 63;
 const NOT_RECOVERABLE: u64 = 1 << 62;
@@ -108,14 +115,18 @@ pub struct RwLockReadGuard<'a, T, const R: usize = 128> {
     entry: &'a AtomicU64,
     /// The incarnation bits our share was announced under.
     inc: u64,
-    inconsistent: bool,
+    /// Our entry in the attachment's lock record, left after the withdrawal; its
+    /// owner bit says whether the data is marked inconsistent.
+    held: Held<'a>,
 }
 
 /// Exclusive access to an [`RwLock`]'s data; releases the write lock on drop.
 #[must_use = "the write lock is released as soon as the guard is dropped"]
 pub struct RwLockWriteGuard<'a, T, const R: usize = 128> {
     lock: &'a RwLock<T, R>,
-    inconsistent: bool,
+    /// Our entry in the attachment's lock record, left after the release; its
+    /// owner bit says whether the data is marked inconsistent.
+    held: Held<'a>,
 }
 
 /// The incarnation bits of a tag, as kept in a reader entry.
@@ -432,6 +443,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         let me = cx.me();
         let entry = self.entry(me)?;
         let inc = entry_inc(me);
+        let mut held = Held::enter(cx.held_locks(), self.addr());
         loop {
             // Announce: our share, replacing a dead predecessor's entry in our slot.
             let e = entry.load(Ordering::Relaxed);
@@ -444,6 +456,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                 return Err(LockError::WouldBlock); // 2^18 - 1 read locks held already
             }
             let announced = (inc << COUNT_BITS) | (ours + 1);
+            held.trying(self.addr());
             // SYNC: SeqCst: the Dekker store-load pair with the writer's state CAS and
             // entry loads (see the module docs). Fails only if a writer cleared a
             // dead predecessor's entry meanwhile: retry.
@@ -460,11 +473,12 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             let w = self.state.load(Ordering::SeqCst);
             if OwnerTag::from_word(w).is_nobody() && w & NOT_RECOVERABLE == 0 {
                 let inconsistent = w & INCONSISTENT != 0;
+                held.set_flag(inconsistent);
                 let g = RwLockReadGuard {
                     lock: self,
                     entry,
                     inc,
-                    inconsistent,
+                    held,
                 };
                 return if inconsistent {
                     Err(LockError::OwnerDied(g))
@@ -481,7 +495,15 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                 return Err(LockError::NotRecoverable);
             }
             let writer = OwnerTag::from_word(w);
-            if writer != me && !cx.is_alive_owner(writer) {
+            // Withdrawn: neither holding nor about to announce, until we retry.
+            held.waiting(self.addr());
+            if writer == me {
+                // Our own attachment's tag: another of its threads writes (wait),
+                // or nobody of ours does and a peer wrote it.
+                if held.forged(self.addr(), || self.state_names(me)) {
+                    return Err(LockError::Corrupt { word: w });
+                }
+            } else if !cx.is_alive_owner(writer) {
                 // The writer died: free but suspect. A writer will repair.
                 if self
                     .state
@@ -516,6 +538,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
         if me.is_nobody() {
             return Err(LockError::NotAttached);
         }
+        let mut held = Held::enter(cx.held_locks(), self.addr());
         // 1. Put our tag in `state`.
         let inconsistent = loop {
             let s = self.seq.load(Ordering::SeqCst);
@@ -525,11 +548,16 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             }
             let holder = OwnerTag::from_word(w);
             let free = holder.is_nobody();
+            if holder == me && held.forged(self.addr(), || self.state_names(me)) {
+                return Err(LockError::Corrupt { word: w });
+            }
             if free || (holder != me && !cx.is_alive_owner(holder)) {
                 let suspect = w & INCONSISTENT != 0 || !free;
                 let new = me.bits() | if suspect { INCONSISTENT } else { 0 };
+                held.trying(self.addr());
                 // SYNC: SeqCst: the writer half of the Dekker pair (see module docs);
-                // also Acquire of the previous writer's Release store in `unlock`.
+                // also Acquire of the previous writer's Release store in `unlock`,
+                // and the release that publishes our lock-record entry.
                 if self
                     .state
                     .compare_exchange(w, new, Ordering::SeqCst, Ordering::Relaxed)
@@ -539,6 +567,8 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                 }
                 continue;
             }
+            // Neither holding nor about to CAS our tag in, until we retry.
+            held.waiting(self.addr());
             if try_only {
                 return Err(LockError::WouldBlock);
             }
@@ -553,33 +583,36 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             // SYNC: read `drain` before scanning, so that a reader leaving after the
             // scan has bumped it past `s` (its futex wait then returns at once).
             let s = self.drain.load(Ordering::SeqCst);
-            if self.readers_gone(cx) {
-                let g = RwLockWriteGuard {
-                    lock: self,
-                    inconsistent,
-                };
+            let gone = self.readers_gone(cx, &held);
+            if gone == Ok(true) {
+                held.set_flag(inconsistent);
+                let g = RwLockWriteGuard { lock: self, held };
                 return if inconsistent {
                     Err(LockError::OwnerDied(g))
                 } else {
                     Ok(g)
                 };
             }
-            if try_only || !futex::wait(&self.drain, s, deadline, SLICE) {
-                // Give up the claim, restoring what we found.
+            if gone.is_err() || try_only || !futex::wait(&self.drain, s, deadline, SLICE) {
+                // Give up the claim, restoring what we found (before `held` is
+                // left, on return).
                 let back = if inconsistent { INCONSISTENT } else { 0 };
                 self.state.store(back, Ordering::SeqCst);
                 self.notify();
-                return Err(if try_only {
-                    LockError::WouldBlock
-                } else {
-                    LockError::TimedOut
+                return Err(match gone {
+                    Err(word) => LockError::Corrupt { word },
+                    Ok(_) if try_only => LockError::WouldBlock,
+                    Ok(_) => LockError::TimedOut,
                 });
             }
         }
     }
 
-    /// Whether no live reader holds a share (dead readers' entries are cleared).
-    fn readers_gone(&self, cx: &impl Context) -> bool {
+    /// Whether no live reader holds a share (dead readers' entries are cleared);
+    /// `Err(entry)` if our own slot's entry shows shares that no thread of our
+    /// attachment holds (a forged entry).
+    fn readers_gone(&self, cx: &impl Context, held: &Held<'_>) -> Result<bool, u64> {
+        let me = cx.me();
         let mut gone = true;
         for (slot, e) in self.readers.iter().enumerate() {
             // SYNC: SeqCst: the writer's loads of the Dekker pair; also acquires the
@@ -589,14 +622,43 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
                 continue;
             }
             let owner = OwnerTag::new(slot as u32, (w >> COUNT_BITS) << 2);
-            if owner.is_some_and(|o| cx.is_alive_owner(o)) {
+            if owner == Some(me) {
+                // Our shares: another of our threads reads (wait), or forged.
+                if held.forged(self.addr(), || Self::shares_of(e, me)) {
+                    return Err(w);
+                }
+                gone = false;
+            } else if owner.is_some_and(|o| cx.is_alive_owner(o)) {
                 gone = false;
             } else {
                 // A dead reader: release its share (only if the word is unchanged).
                 let _ = e.compare_exchange(w, 0, Ordering::SeqCst, Ordering::Relaxed);
             }
         }
-        gone
+        Ok(gone)
+    }
+
+    /// The lock's identity in a lock record.
+    #[inline]
+    fn addr(&self) -> usize {
+        std::ptr::from_ref(self).addr()
+    }
+
+    /// Whether `state` names `me` now. SYNC: SeqCst (an Acquire) pairs with the
+    /// SeqCst CAS that put our tag there, if one of our threads did: its
+    /// lock-record entry is then visible to the check that follows (`sync::held`).
+    #[cold]
+    fn state_names(&self, me: OwnerTag) -> bool {
+        OwnerTag::from_word(self.state.load(Ordering::SeqCst)) == me
+    }
+
+    /// Whether reader entry `e` shows shares of `me` now. SYNC: SeqCst (an
+    /// Acquire) pairs with the SeqCst announce of a reader of ours: its
+    /// lock-record entry is then visible to the check that follows.
+    #[cold]
+    fn shares_of(e: &AtomicU64, me: OwnerTag) -> bool {
+        let w = e.load(Ordering::SeqCst);
+        w & COUNT_MASK != 0 && w >> COUNT_BITS == entry_inc(me)
     }
 
     /// Mutable access without locking, through exclusive ownership.
@@ -633,7 +695,7 @@ fn withdraw(entry: &AtomicU64, inc: u64) {
 impl<T, const R: usize> RwLockReadGuard<'_, T, R> {
     /// Whether a writer died mid-update and the data has not been repaired.
     pub fn is_inconsistent(&self) -> bool {
-        self.inconsistent
+        self.held.flag()
     }
 }
 
@@ -658,15 +720,15 @@ impl<T, const R: usize> RwLockWriteGuard<'_, T, R> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn make_consistent(&mut self) {
-        if self.inconsistent {
+        if self.held.flag() {
             self.lock.state.fetch_and(!INCONSISTENT, Ordering::Relaxed);
-            self.inconsistent = false;
+            self.held.set_flag(false);
         }
     }
 
     /// Whether the data is still marked inconsistent.
     pub fn is_inconsistent(&self) -> bool {
-        self.inconsistent
+        self.held.flag()
     }
 }
 
@@ -727,10 +789,12 @@ impl<T, const R: usize> RwLockWriteGuard<'_, T, R> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn abandon(self) {
-        let this = std::mem::ManuallyDrop::new(self);
+        let mut this = std::mem::ManuallyDrop::new(self);
         // SYNC: Release (within SeqCst), as in drop.
         this.lock.state.store(INCONSISTENT, Ordering::SeqCst);
         this.lock.notify();
+        // Leave the lock record after the release (as a drop does).
+        drop(std::mem::take(&mut this.held));
     }
 }
 
@@ -749,7 +813,7 @@ impl<T, const R: usize> Drop for RwLockWriteGuard<'_, T, R> {
     fn drop(&mut self) {
         let end = if std::thread::panicking() {
             INCONSISTENT // free but suspect: the next writer repairs
-        } else if self.inconsistent {
+        } else if self.held.flag() {
             NOT_RECOVERABLE
         } else {
             0
@@ -775,7 +839,7 @@ impl<T, const R: usize> std::fmt::Debug for RwLock<T, R> {
 impl<T, const R: usize> std::fmt::Debug for RwLockReadGuard<'_, T, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RwLockReadGuard")
-            .field("inconsistent", &self.inconsistent)
+            .field("inconsistent", &self.held.flag())
             .finish_non_exhaustive()
     }
 }
@@ -783,7 +847,7 @@ impl<T, const R: usize> std::fmt::Debug for RwLockReadGuard<'_, T, R> {
 impl<T, const R: usize> std::fmt::Debug for RwLockWriteGuard<'_, T, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RwLockWriteGuard")
-            .field("inconsistent", &self.inconsistent)
+            .field("inconsistent", &self.held.flag())
             .finish_non_exhaustive()
     }
 }

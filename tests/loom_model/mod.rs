@@ -6,7 +6,7 @@
 use loom::sync::Arc;
 use shmkit::OwnerTag;
 use shmkit::loom::{AtomicU32, Ordering};
-use shmkit::sync::Context;
+use shmkit::sync::{Context, HeldLocks};
 
 /// Liveness of up to four "processes".
 pub struct Registry {
@@ -31,10 +31,13 @@ impl Registry {
     }
 }
 
-/// One process: a slot in the registry.
+/// One process (or one thread of it): a slot in the registry, and optionally the
+/// process's lock record, shared by its threads (as a `Segment`'s clones share
+/// their attachment's).
 pub struct Proc {
     pub reg: Arc<Registry>,
     pub slot: u32,
+    pub held: Option<Arc<HeldLocks>>,
 }
 
 fn tag(slot: u32) -> OwnerTag {
@@ -54,12 +57,36 @@ unsafe impl Context for Proc {
             && t == tag(t.slot())
             && self.reg.alive[t.slot() as usize].load(Ordering::Acquire) == 1
     }
+
+    fn held_locks(&self) -> Option<&HeldLocks> {
+        self.held.as_deref()
+    }
 }
 
-/// Process `slot` of `reg`.
+/// Process `slot` of `reg` (keeping no lock record).
 pub fn proc(reg: &Arc<Registry>, slot: u32) -> Proc {
     Proc {
         reg: reg.clone(),
         slot,
+        held: None,
+    }
+}
+
+/// Process `slot` of `reg`, keeping a lock record (every address counts as
+/// inside its "mapping": locks are told apart by address).
+pub fn proc_with_record(reg: &Arc<Registry>, slot: u32) -> Proc {
+    Proc {
+        reg: reg.clone(),
+        slot,
+        held: Some(Arc::new(HeldLocks::new(0..usize::MAX))),
+    }
+}
+
+/// Another thread of the process `p` (the same tag and lock record).
+pub fn thread_of(p: &Proc) -> Proc {
+    Proc {
+        reg: p.reg.clone(),
+        slot: p.slot,
+        held: p.held.clone(),
     }
 }
