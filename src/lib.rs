@@ -106,10 +106,10 @@ pub mod testkit {
 }
 mod layout;
 // The one door for atomics, UnsafeCell and futexes; public only to loom models.
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 #[doc(hidden)]
 pub mod loom;
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 mod loom;
 mod object;
 mod ptr;
@@ -131,10 +131,10 @@ pub use segment::{
 /// derives' paths resolve through shmkit: `#[zerocopy(crate = "shmkit::zerocopy")]`).
 pub use zerocopy;
 
-/// The lock-free state machines under the segment, exposed (under `cfg(loom)` only)
+/// The lock-free state machines under the segment, exposed (under `cfg(shmkit_loom)` only)
 /// for the loom models in
 /// `tests/loom_*.rs`. Not a stable API.
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 #[doc(hidden)]
 pub mod model {
     /// The directory's create-race decision.

@@ -2,7 +2,7 @@
 //!
 //! Everything in shmkit that synchronises goes through this module, so that the
 //! same code runs on std in production and on [loom] in the model tests
-//! (`RUSTFLAGS="--cfg loom"`). `clippy.toml` forbids the std atomics and
+//! (`RUSTFLAGS="--cfg shmkit_loom"`). `clippy.toml` forbids the std atomics and
 //! `UnsafeCell` everywhere else.
 //!
 //! Under loom the futex is a stand-in with two modes: by default `futex_wait`
@@ -18,14 +18,14 @@ use std::time::Duration;
 
 pub use std::sync::atomic::Ordering;
 
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 use loom::sync::atomic as imp;
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 use std::sync::atomic as imp;
 
 macro_rules! atomic {
     ($name:ident, $int:ty) => {
-        /// An atomic integer that is std's in production and loom's under `cfg(loom)`.
+        /// An atomic integer that is std's in production and loom's under `cfg(shmkit_loom)`.
         ///
         /// `#[repr(transparent)]` over the std type, so it has the same size,
         /// alignment and bit validity (production layout asserts hold).
@@ -36,12 +36,12 @@ macro_rules! atomic {
         #[allow(dead_code, reason = "the full atomic API, for every layer")]
         impl $name {
             /// A new atomic with value `v`.
-            #[cfg(not(loom))]
+            #[cfg(not(shmkit_loom))]
             pub const fn new(v: $int) -> Self {
                 Self(imp::$name::new(v))
             }
             /// A new atomic with value `v`.
-            #[cfg(loom)]
+            #[cfg(shmkit_loom)]
             pub fn new(v: $int) -> Self {
                 Self(imp::$name::new(v))
             }
@@ -138,12 +138,12 @@ atomic!(AtomicU64, u64);
 
 /// An `UnsafeCell` with loom's closure API (`with`, `with_mut`), so loom can check
 /// every access to data that atomics publish.
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 #[derive(Debug, Default)]
 #[repr(transparent)]
 pub struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 #[allow(dead_code, reason = "for the queue and map layers")]
 impl<T> UnsafeCell<T> {
     /// A new cell.
@@ -162,7 +162,7 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub use loom::cell::UnsafeCell;
 
 /// A fence (std's or loom's).
@@ -172,18 +172,18 @@ pub fn fence(order: Ordering) {
     imp::fence(order)
 }
 
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub(crate) use loom::sync::Arc;
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 pub(crate) use std::sync::Arc;
 
 /// A hint that we are in a spin loop.
 #[inline]
 #[allow(dead_code, reason = "for the lock and queue layers")]
 pub fn spin_loop() {
-    #[cfg(not(loom))]
+    #[cfg(not(shmkit_loom))]
     std::hint::spin_loop();
-    #[cfg(loom)]
+    #[cfg(shmkit_loom)]
     loom::thread::yield_now();
 }
 
@@ -191,9 +191,9 @@ pub fn spin_loop() {
 #[inline]
 #[allow(dead_code, reason = "for the lock and queue layers")]
 pub fn yield_now() {
-    #[cfg(not(loom))]
+    #[cfg(not(shmkit_loom))]
     std::thread::yield_now();
-    #[cfg(loom)]
+    #[cfg(shmkit_loom)]
     loom::thread::yield_now();
 }
 
@@ -202,7 +202,7 @@ pub fn yield_now() {
 /// Uses the *shared* futex (no `FUTEX_PRIVATE_FLAG`), so a wake from another
 /// process reaches us. Spurious returns are allowed: callers re-check their
 /// condition in a loop.
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     use rustix::thread::futex;
     let ts = timeout.map(|t| rustix::time::Timespec {
@@ -215,7 +215,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
 }
 
 /// Wake up to `count` sleepers on `word`, in any process.
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 pub fn futex_wake(word: &AtomicU32, count: u32) {
     use rustix::thread::futex;
     // The only failure for a valid, aligned word is EFAULT, impossible for a
@@ -225,7 +225,7 @@ pub fn futex_wake(word: &AtomicU32, count: u32) {
 
 /// Loom stand-in: re-check, then yield (or, in the blocking model, sleep until
 /// woken; see [`futex_model`]).
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
     if futex_model::blocking() {
         futex_model::wait(word, expected);
@@ -236,7 +236,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
 
 /// Loom stand-in: waking is implicit in `futex_wait`'s yield (or, in the blocking
 /// model, wakes every sleeper on the word).
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub fn futex_wake(word: &AtomicU32, _count: u32) {
     if futex_model::blocking() {
         futex_model::wake(word);
@@ -247,7 +247,7 @@ pub fn futex_wake(word: &AtomicU32, _count: u32) {
 /// a wake on its word, so a lost wake-up becomes a deadlock that loom reports.
 /// Only for models where nobody dies: real waiters rely on their timeout slices
 /// to notice dead holders. Switched on per test binary with [`futex_model::set_blocking`].
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub mod futex_model {
     #![allow(clippy::disallowed_types)]
     use std::collections::HashMap;
@@ -312,7 +312,7 @@ use std::sync::atomic as imp_std;
 
 /// A point where a loom model may stop the calling thread as if its process were
 /// killed there (see `crash` under loom). Always false outside loom (compiled away).
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 #[inline(always)]
 pub fn crash_point() -> bool {
     false
@@ -320,7 +320,7 @@ pub fn crash_point() -> bool {
 
 /// A point where a loom model may stop the calling thread as if its process were
 /// killed there (see [`crash`]).
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub fn crash_point() -> bool {
     crash::hit()
 }
@@ -329,7 +329,7 @@ pub fn crash_point() -> bool {
 /// point that exhausts it (and every later one) says "dead", and the code under
 /// test returns at once, leaving shared memory as a killed process would (guards
 /// it holds are forgotten, not released).
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 pub mod crash {
     use std::cell::Cell;
 

@@ -105,7 +105,7 @@ fn the_heap_corrupt_corpus_replays_cleanly() {
 /// The directory_corrupt corpus: all of it, or under miri the [`MIRI_CASES`]
 /// files nearest [`MIRI_LEN`] bytes among those whose setup is the small one
 /// (first byte, the knobs: no 40 extra objects, which cost miri minutes).
-#[cfg(not(loom))] // the directory is not built under loom
+#[cfg(not(shmkit_loom))] // the directory is not built under loom
 fn directory_corpus() -> Vec<Vec<u8>> {
     let mut cases = corpus("directory_corrupt");
     assert!(!cases.is_empty(), "the directory_corrupt corpus is empty");
@@ -117,7 +117,7 @@ fn directory_corpus() -> Vec<Vec<u8>> {
     cases
 }
 
-#[cfg(not(loom))] // the directory is not built under loom
+#[cfg(not(shmkit_loom))] // the directory is not built under loom
 #[test]
 fn the_directory_corrupt_corpus_replays_cleanly() {
     for case in &directory_corpus() {
@@ -125,7 +125,7 @@ fn the_directory_corrupt_corpus_replays_cleanly() {
     }
 }
 
-#[cfg(not(loom))] // the directory is not built under loom
+#[cfg(not(shmkit_loom))] // the directory is not built under loom
 #[test]
 #[cfg_attr(
     miri,
@@ -239,7 +239,7 @@ fn write_seed_corpus() {
 /// `generation += 1`: a panic in debug builds (an abort if a handle drops while
 /// it unwinds: its release re-enters the directory), a wrapped counter in
 /// release ones. Each should be a corruption error, or saturate.
-#[cfg(not(loom))] // the directory is not built under loom
+#[cfg(not(shmkit_loom))] // the directory is not built under loom
 #[test]
 fn a_corrupt_directory_counter_is_an_error_not_a_panic() {
     let panicked: Vec<_> = [(0, 0), (1, u64::MAX), (1, 1 << 62), (2, u64::MAX)]
@@ -261,7 +261,7 @@ fn a_corrupt_directory_counter_is_an_error_not_a_panic() {
 /// entry still held, "unlink" for a linked, held one, or "table" for any entry (as
 /// a stray write, or a peer, could leave it) made the next directory call free an
 /// object that live handles still used.
-#[cfg(not(loom))] // the directory is not built under loom
+#[cfg(not(shmkit_loom))] // the directory is not built under loom
 #[test]
 fn a_journal_naming_a_held_entry_does_not_free_it() {
     // (operation, entry): 1 link, 2 unlink, 4 table; 0 the linked `a`, 1 the

@@ -2,8 +2,8 @@
 //! and its sleep, notify_all reaches every waiter, and a waiter that dies leaves
 //! nothing that could stop the others (the condvar has no waiter state at all).
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_condvar`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_condvar`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

@@ -10,8 +10,8 @@
 //! stamp; the journal of the real table is not in these models (the crash tests
 //! and the prop model cover it).
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_directory`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_directory`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

@@ -7,8 +7,8 @@
 //! owner words at `OWNERS`, reached through the same `Mem` trait the segment
 //! implements.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_heap`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_heap`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

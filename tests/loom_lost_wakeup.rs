@@ -4,8 +4,8 @@
 //! models (real waiters notice dead holders through their slices, which this model
 //! turns off). The switch is global to this test binary, hence its own file.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_lost_wakeup`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_lost_wakeup`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

@@ -9,8 +9,8 @@
 //! Sanity check done when this file was written: making the unlock's swap Relaxed
 //! fails three of these models.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_mutex`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_mutex`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

@@ -2,8 +2,8 @@
 //! reader that dies holding its share does not block writers, and a writer that
 //! dies (holding the lock or while waiting for readers) hands `OwnerDied` on.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_rwlock`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_rwlock`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

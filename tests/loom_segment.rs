@@ -3,8 +3,8 @@
 //! that stops at an arbitrary step, after which the kernel's part (releasing its
 //! liveness locks) is played by `MemLocks::release_all`.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_segment`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_segment`
+#![cfg(shmkit_loom)]
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;

@@ -2,8 +2,8 @@
 //! an acquirer, and with a ledger the permits of a process that dies holding them,
 //! or dies half-way through acquiring one, come back.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_semaphore`
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg shmkit_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom_semaphore`
+#![cfg(shmkit_loom)]
 
 mod loom_model;
 

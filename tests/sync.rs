@@ -458,7 +458,7 @@ const PERMITS: u32 = 2;
 
 /// Places every object of the layout above in `seg`, fresh.
 fn everything(seg: &Segment) {
-    // Checked at run time: under `cfg(loom)` (compiled, never run) the sizes differ.
+    // Checked at run time: under `cfg(shmkit_loom)` (compiled, never run) the sizes differ.
     assert!(size_of::<Rw>() as u64 <= 64 * (SEM - RW));
     assert!(size_of::<Semaphore>() as u64 <= 64 * (LSEM - SEM));
     assert!(size_of::<LedgerSem>() as u64 <= 64 * (INSIDE - LSEM));

@@ -129,7 +129,7 @@ impl Heap {
     }
 
     /// The root words of the structures built on the heap (zeroed at build).
-    #[cfg(not(loom))]
+    #[cfg(not(shmkit_loom))]
     pub(crate) fn roots(&self) -> &[AtomicU64; super::seg_mem::ROOT_WORDS] {
         &self.mem.hdr().roots
     }

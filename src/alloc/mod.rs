@@ -68,7 +68,7 @@ pub use heap::{Heap, MAX_ALLOC};
 pub use owner::BlockState;
 pub(crate) use owner::{is_stamped, shared_stamped};
 pub use pool::Reclaimed;
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 pub(crate) use seg_mem::ROOT_WORDS;
 pub(crate) use seg_mem::{Layout as HeapLayout, build as build_heap};
 pub use stats::{ClassStats, OwnerStats, Stats};
@@ -78,7 +78,7 @@ pub use verify::{Report, Violation};
 
 /// The lock-free core, for the loom models in `tests/loom_heap.rs`. Not a stable
 /// API.
-#[cfg(any(loom, feature = "testkit"))]
+#[cfg(any(shmkit_loom, feature = "testkit"))]
 #[doc(hidden)]
 pub mod model {
     pub use super::class::{GEOMETRY, SpanGeometry};

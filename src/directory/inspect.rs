@@ -3,7 +3,7 @@
 //! bucket table, the entry blocks (linked and removed) and their holder blocks.
 //! Test support only (`testkit`; not under loom, where the directory is not
 //! built).
-#![cfg(all(feature = "testkit", not(loom)))]
+#![cfg(all(feature = "testkit", not(shmkit_loom)))]
 
 use super::entry::{self, EntryHead, MAGIC};
 use super::table::{DirRoot, Locked};

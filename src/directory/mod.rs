@@ -57,7 +57,7 @@ mod locks;
 pub(crate) mod protocol;
 mod shared;
 mod table;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(shmkit_loom)))]
 mod tests;
 
 use std::ptr::NonNull;

@@ -97,7 +97,7 @@ pub struct DirRoot {
     pub j_e: u64,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 const _: () = assert!(size_of::<Mutex<DirRoot>>() <= crate::alloc::ROOT_WORDS * 8);
 
 /// The bucket word of an entry.
@@ -1024,14 +1024,14 @@ impl<'h> Locked<'h> {
 
 /// The root lock in `heap`'s header.
 fn root_lock(heap: &Heap) -> Result<&Mutex<DirRoot>> {
-    #[cfg(loom)]
+    #[cfg(shmkit_loom)]
     {
         let _ = heap;
         Err(Error::Unsupported(
             "the directory under loom (its protocol is modelled in tests/loom_directory.rs)",
         ))
     }
-    #[cfg(not(loom))]
+    #[cfg(not(shmkit_loom))]
     {
         let roots = heap.roots();
         // The words are zeroed at the heap's build and used only by the directory;

@@ -11,14 +11,14 @@ use crate::loom::Ordering;
 use crate::{Error, Offset, OwnerTag, PAGE_SIZE, Result, Segment, SegmentOptions, Tagged};
 
 // The directory is not built under loom (it has its own model there).
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 mod directory;
 /// Makes the fingerprint and checksum of a segment image consistent, so that a
 /// test or fuzzer reaches the checks behind them.
 pub fn repair_header(image: &mut [u8]) {
     crate::segment::repair_header(image);
 }
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 pub use directory::{
     DIR_HEAP, directory_corrupt, directory_journal_names_a_held_entry, directory_root_counter,
 };

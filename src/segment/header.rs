@@ -64,7 +64,7 @@ pub(crate) struct HeaderFields {
     pub checksum: u64,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 const _: () = {
     assert!(size_of::<Header>() <= HEADER_SIZE as usize);
     assert!(std::mem::offset_of!(Header, state) == 8);

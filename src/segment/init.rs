@@ -44,7 +44,7 @@ pub fn publish(state: &AtomicU32) {
 
 /// Marks the segment unusable and wakes every waiting opener.
 // Only the loom models poison (no production path does yet).
-#[cfg_attr(not(loom), allow(dead_code))]
+#[cfg_attr(not(shmkit_loom), allow(dead_code))]
 pub fn poison(state: &AtomicU32) {
     // SYNC: Release pairs with the Acquire load in `observe` (nothing to publish, but
     // keeps the state a single total order).
@@ -55,7 +55,7 @@ pub fn poison(state: &AtomicU32) {
 /// Resets a half-made state to `Uninit` (reclaim in place, under the init lock).
 /// Returns false if the state was `Ready` after all.
 // Only the loom models reset in place (open.rs reclaims by recreating).
-#[cfg_attr(not(loom), allow(dead_code))]
+#[cfg_attr(not(shmkit_loom), allow(dead_code))]
 pub fn reset(state: &AtomicU32) -> bool {
     let cur = state.load(Ordering::Acquire);
     // SYNC: Release pairs with the Acquire CAS in `begin` of the next creator.

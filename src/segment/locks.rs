@@ -483,7 +483,7 @@ impl LockTable for MemHandle<'_> {
     }
 }
 
-#[cfg(all(test, not(loom), not(miri)))]
+#[cfg(all(test, not(shmkit_loom), not(miri)))]
 mod tests {
     use super::*;
     use crate::segment::os::fd;

@@ -76,7 +76,7 @@ unsafe impl crate::ShmSafe for Slot {}
 // SAFETY: every field is an atomic; no padding (64 bytes of atomics).
 unsafe impl crate::ShmShared for Slot {}
 
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 const _: () = assert!(size_of::<Slot>() == 64);
 
 impl Slot {

@@ -101,9 +101,9 @@ use crate::loom::{AtomicU64, Ordering};
 
 /// Stripes a thread can own (the first threads to lock through an attachment
 /// each get one); one more, shared, serves every other thread.
-const OWNED: usize = if cfg!(loom) { 1 } else { 8 };
+const OWNED: usize = if cfg!(shmkit_loom) { 1 } else { 8 };
 /// Slots per stripe.
-const SLOTS: usize = if cfg!(loom) { 2 } else { 6 };
+const SLOTS: usize = if cfg!(shmkit_loom) { 2 } else { 6 };
 /// Slot bit 0 (lock addresses are 8-aligned): the entry's call is waiting, neither
 /// holding the lock nor about to put its tag in the word.
 const WAITING: u64 = 1;
@@ -223,11 +223,11 @@ impl HeldLocks {
 }
 
 // The calling thread: its id, and the record and stripe it used last.
-#[cfg(not(loom))]
+#[cfg(not(shmkit_loom))]
 thread_local! {
     static ME: Cell<(u64, u64, usize)> = const { Cell::new((0, 0, OWNED)) };
 }
-#[cfg(loom)]
+#[cfg(shmkit_loom)]
 loom::thread_local! {
     static ME: Cell<(u64, u64, usize)> = Cell::new((0, 0, OWNED));
 }

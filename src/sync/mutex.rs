@@ -70,7 +70,7 @@ const NOT_RECOVERABLE: u64 = INCONSISTENT;
 /// A holder panicked: the next locker takes over with `OwnerDied`.
 const ABANDONED: u64 = INCONSISTENT | (0xffff << 46);
 /// Spins before sleeping (few under loom, where each spin is a scheduling point).
-const SPINS: u32 = if cfg!(loom) { 2 } else { 64 };
+const SPINS: u32 = if cfg!(shmkit_loom) { 2 } else { 64 };
 /// Longest sleep between two liveness checks of the holder.
 const LIVENESS_SLICE: Duration = Duration::from_millis(2);
 
@@ -136,7 +136,7 @@ pub struct MutexGuard<'a, T> {
 impl<T> Mutex<T> {
     /// A new, unlocked mutex (build it in place with
     /// [`Segment::place`](crate::Segment::place)).
-    #[cfg(not(loom))]
+    #[cfg(not(shmkit_loom))]
     pub const fn new(value: T) -> Self {
         Self {
             word: AtomicU64::new(0),
@@ -148,7 +148,7 @@ impl<T> Mutex<T> {
 
     /// A new, unlocked mutex (build it in place with
     /// [`Segment::place`](crate::Segment::place)).
-    #[cfg(loom)]
+    #[cfg(shmkit_loom)]
     pub fn new(value: T) -> Self {
         Self {
             word: AtomicU64::new(0),
@@ -174,7 +174,7 @@ impl<T> Mutex<T> {
             std::ptr::addr_of_mut!((*p).word).write(AtomicU64::new(0));
             std::ptr::addr_of_mut!((*p).seq).write(AtomicU32::new(0));
             std::ptr::addr_of_mut!((*p)._reserved).write(AtomicU32::new(0));
-            #[cfg(loom)]
+            #[cfg(shmkit_loom)]
             std::ptr::addr_of_mut!((*p).data).write(UnsafeCell::new(std::mem::zeroed()));
         }
     }

@@ -171,7 +171,7 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
             for i in 0..READERS {
                 readers.add(i).write(AtomicU64::new(0));
             }
-            #[cfg(loom)]
+            #[cfg(shmkit_loom)]
             std::ptr::addr_of_mut!((*p).data).write(UnsafeCell::new(std::mem::zeroed()));
         }
     }

@@ -355,7 +355,7 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     /// Loom model support: what a process killed half-way through a ledgered
     /// acquire leaves behind (a permit taken from `count`, the ledger not updated,
     /// the internal lock still held by the dead process).
-    #[cfg(loom)]
+    #[cfg(shmkit_loom)]
     #[doc(hidden)]
     pub fn die_half_way_through_acquire(&self, cx: &impl Context) {
         if let Ok(g) = self.locked(cx, None, false) {

@@ -450,7 +450,7 @@ pub(crate) fn discard_if_removed(id: i32, lock: BorrowedFd<'_>) {
     }
 }
 
-#[cfg(all(test, not(miri), not(loom)))]
+#[cfg(all(test, not(miri), not(shmkit_loom)))]
 mod tests {
     use super::*;
     use crate::segment::locks::LockTable;
