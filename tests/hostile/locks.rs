@@ -335,7 +335,8 @@ fn threads_of_one_attachment_on_an_rwlock_and_the_heap_never_see_corrupt() {
             s.spawn(move || {
                 let heap = Heap::attach(&seg).unwrap();
                 for i in 0..300 {
-                    let blocks: Vec<u64> = (0..40).map(|_| heap.alloc(48, 8).unwrap().get()).collect();
+                    let blocks: Vec<u64> =
+                        (0..40).map(|_| heap.alloc(48, 8).unwrap().get()).collect();
                     for b in blocks {
                         heap.free(b).unwrap();
                     }
