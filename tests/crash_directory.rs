@@ -60,9 +60,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use common::{LineChild, PATIENCE, shm_path};
@@ -569,53 +567,6 @@ impl Worker<'_> {
 // The parent side.
 // ---------------------------------------------------------------------------------
 
-/// Aborts the test binary (after removing the segment) if no round completes for
-/// [`STALL`], or if the test runs past `bound`: a hang, not a speed limit.
-struct Watchdog {
-    progress: Arc<AtomicU64>,
-    _disarm: Sender<()>,
-}
-
-impl Watchdog {
-    fn new(name: String, bound: Duration) -> Self {
-        let progress = Arc::new(AtomicU64::new(0));
-        let seen = progress.clone();
-        let (tx, rx) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            let (mut last, mut since) = (0, Instant::now());
-            loop {
-                match rx.recv_timeout(Duration::from_secs(1)) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return, // disarmed
-                }
-                let now = seen.load(Ordering::Relaxed);
-                if now != last {
-                    (last, since) = (now, Instant::now());
-                }
-                let why = if since.elapsed() > STALL {
-                    format!("no round completed for {STALL:?} (last round {last})")
-                } else if start.elapsed() > bound {
-                    format!("still running after {bound:?} (round {last})")
-                } else {
-                    continue;
-                };
-                eprintln!("watchdog: crash_directory hung: {why}: aborting");
-                let _ = SegmentOptions::posix(&name).remove();
-                std::process::abort();
-            }
-        });
-        Watchdog {
-            progress,
-            _disarm: tx,
-        }
-    }
-
-    fn tick(&self, round: u64) {
-        self.progress.store(round, Ordering::Relaxed);
-    }
-}
-
 /// A worker process, killed and reaped when dropped.
 struct Child {
     child: LineChild,
@@ -861,9 +812,16 @@ fn reclaim_and_check(seg: &Segment, heap: &Heap, tally: &mut Tally, when: &str) 
 fn killed_directory_users_leak_no_entry_and_no_block() {
     let rounds = rounds();
     let name = shmkit::unique_name("t-crash-dir-").unwrap();
-    let dog = Watchdog::new(
-        name.clone(),
+    let dog = common::StallWatchdog::new(
+        "crash_directory",
+        STALL,
         BASE_BOUND + PER_ROUND * u32::try_from(rounds).unwrap_or(u32::MAX),
+        {
+            let name = name.clone();
+            move || {
+                let _ = SegmentOptions::posix(&name).remove();
+            }
+        },
     );
     let started = Instant::now();
     let seg = SegmentOptions::posix(&name)

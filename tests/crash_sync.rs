@@ -59,9 +59,8 @@ use std::io::{Read, Write};
 use std::ops::DerefMut;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{LineChild, PATIENCE, shm_path};
@@ -577,53 +576,6 @@ fn break_and_restore<G: DerefMut<Target = Pair>>(g: &mut G, rng: &mut Rng) {
 // The parent side.
 // ---------------------------------------------------------------------------------
 
-/// Aborts the test binary (after removing the segment) if no round completes for
-/// [`STALL`], or if the test runs past `bound`: a hang, not a speed limit.
-struct Watchdog {
-    progress: Arc<AtomicU64>,
-    _disarm: Sender<()>,
-}
-
-impl Watchdog {
-    fn new(name: String, bound: Duration) -> Self {
-        let progress = Arc::new(AtomicU64::new(0));
-        let seen = progress.clone();
-        let (tx, rx) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            let (mut last, mut since) = (0, Instant::now());
-            loop {
-                match rx.recv_timeout(Duration::from_secs(1)) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return, // disarmed
-                }
-                let now = seen.load(Ordering::Relaxed);
-                if now != last {
-                    (last, since) = (now, Instant::now());
-                }
-                let why = if since.elapsed() > STALL {
-                    format!("no round completed for {STALL:?} (last round {last})")
-                } else if start.elapsed() > bound {
-                    format!("still running after {bound:?} (round {last})")
-                } else {
-                    continue;
-                };
-                eprintln!("watchdog: crash_sync hung: {why}: aborting");
-                let _ = SegmentOptions::posix(&name).no_heap().remove();
-                std::process::abort();
-            }
-        });
-        Watchdog {
-            progress,
-            _disarm: tx,
-        }
-    }
-
-    fn tick(&self, round: u64) {
-        self.progress.store(round, Ordering::Relaxed);
-    }
-}
-
 /// A worker process, killed and reaped when dropped.
 struct Worker {
     child: LineChild,
@@ -805,7 +757,7 @@ struct CrashRun {
     rounds: u64,
     started: Instant,
     seg: Segment,
-    dog: Watchdog,
+    dog: common::StallWatchdog,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -816,9 +768,16 @@ impl CrashRun {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let rounds = rounds();
         let name = shmkit::unique_name("crash-sync-").unwrap();
-        let dog = Watchdog::new(
-            name.clone(),
+        let dog = common::StallWatchdog::new(
+            "crash_sync",
+            STALL,
             BASE_BOUND + PER_ROUND * u32::try_from(rounds).unwrap_or(u32::MAX),
+            {
+                let name = name.clone();
+                move || {
+                    let _ = SegmentOptions::posix(&name).no_heap().remove();
+                }
+            },
         );
         let started = Instant::now();
         let seg = SegmentOptions::posix(&name)

@@ -32,7 +32,7 @@ use std::process::Stdio;
 use std::sync::atomic::{
     AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering,
 };
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self};
 use std::time::{Duration, Instant};
 
 use common::{LineChild, PATIENCE};
@@ -67,19 +67,8 @@ const RACED_NAMES: usize = 5;
 // ---------------------------------------------------------------------------------
 
 /// Aborts the whole test binary if not dropped within [`WATCHDOG`].
-struct Watchdog {
-    _disarm: Sender<()>,
-}
-
-fn watchdog(test: &'static str) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
-            eprintln!("watchdog: {test} still running after {WATCHDOG:?}: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog { _disarm: tx }
+fn watchdog(test: &'static str) -> common::Watchdog {
+    common::watchdog(test, WATCHDOG)
 }
 
 /// A process-memory segment (another "process" is a `try_clone`).

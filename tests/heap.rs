@@ -283,31 +283,9 @@ impl Rng {
     }
 }
 
-/// Fails the test binary instead of hanging (not under miri, where a thread left
-/// running at exit is an error; the miri runs are bounded by their op counts).
-fn watchdog(what: &'static str) -> impl Drop {
-    struct Dog(Option<Sender<()>>);
-    impl Drop for Dog {
-        fn drop(&mut self) {
-            if let Some(tx) = self.0.take() {
-                let _ = tx.send(());
-            }
-        }
-    }
-    if MIRI {
-        return Dog(None);
-    }
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if rx
-            .recv_timeout(Duration::from_secs(120) + stress_time())
-            .is_err()
-        {
-            eprintln!("watchdog: {what} hung");
-            std::process::abort();
-        }
-    });
-    Dog(Some(tx))
+/// Fails the test binary instead of hanging (inert under miri).
+fn watchdog(what: &'static str) -> common::Watchdog {
+    common::watchdog(what, Duration::from_secs(120) + stress_time())
 }
 
 // ---------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use common::{LineChild, PATIENCE, poll, shm_path, sysv_lock_path};
@@ -50,19 +49,8 @@ const SLOT_START_TIME: u64 = 16;
 // ---------------------------------------------------------------------------------
 
 /// Aborts the whole test binary if not dropped within [`WATCHDOG`].
-struct Watchdog {
-    _disarm: Sender<()>,
-}
-
-fn watchdog(test: &'static str) -> Watchdog {
-    let (tx, rx) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
-            eprintln!("watchdog: {test} still running after {WATCHDOG:?}: aborting");
-            std::process::abort();
-        }
-    });
-    Watchdog { _disarm: tx }
+fn watchdog(test: &'static str) -> common::Watchdog {
+    common::watchdog(test, WATCHDOG)
 }
 
 /// A segment name or key made for one test, removed when dropped.

@@ -69,6 +69,92 @@ fn reap_quietly(child: &mut Child) {
 }
 
 // ---------------------------------------------------------------------------------
+// Watchdogs: a hang fails the binary instead of stalling CI.
+// ---------------------------------------------------------------------------------
+
+/// Aborts the whole test binary if not dropped within its bound: a hang detector,
+/// not a speed limit. Inert under miri, where a thread left running at exit is an
+/// error (the miri runs are bounded by their op counts).
+pub struct Watchdog {
+    _disarm: Option<mpsc::Sender<()>>,
+}
+
+/// A [`Watchdog`] for the test `test`, armed for `bound`.
+pub fn watchdog(test: &'static str, bound: Duration) -> Watchdog {
+    if cfg!(miri) {
+        return Watchdog { _disarm: None };
+    }
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(bound) {
+            eprintln!("watchdog: {test} still running after {bound:?}: aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog { _disarm: Some(tx) }
+}
+
+/// A watchdog for a crash test made of rounds: aborts the test binary (after
+/// running its `cleanup`) if no round completes for `stall`, or if the test runs
+/// past `bound`. The test reports progress with [`StallWatchdog::tick`].
+#[allow(clippy::disallowed_types)] // test-side progress counter, not shared memory
+pub struct StallWatchdog {
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _disarm: mpsc::Sender<()>,
+}
+
+#[allow(clippy::disallowed_types)]
+impl StallWatchdog {
+    /// Arms it for the test `test`; `cleanup` runs just before the abort (removing
+    /// the test's named segment, say).
+    pub fn new(
+        test: &'static str,
+        stall: Duration,
+        bound: Duration,
+        cleanup: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let progress = std::sync::Arc::new(AtomicU64::new(0));
+        let seen = progress.clone();
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let (mut last, mut since) = (0, Instant::now());
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return, // disarmed
+                }
+                let now = seen.load(Ordering::Relaxed);
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+                let why = if since.elapsed() > stall {
+                    format!("no round completed for {stall:?} (last round {last})")
+                } else if start.elapsed() > bound {
+                    format!("still running after {bound:?} (round {last})")
+                } else {
+                    continue;
+                };
+                eprintln!("watchdog: {test} hung: {why}: aborting");
+                cleanup();
+                std::process::abort();
+            }
+        });
+        StallWatchdog {
+            progress,
+            _disarm: tx,
+        }
+    }
+
+    /// Records that round `round` completed.
+    pub fn tick(&self, round: u64) {
+        self.progress
+            .store(round, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Re-executing this test binary.
 // ---------------------------------------------------------------------------------
 
