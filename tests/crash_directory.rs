@@ -57,25 +57,17 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{Read, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{LineChild, PATIENCE, shm_path};
+use common::child::{ROLE, TARGET, say};
+use common::crash::{self, Rng, WorkerProcess, spin_us};
+use common::{PATIENCE, shm_path};
 use shmkit::alloc::Heap;
 use shmkit::sync::Mutex;
 use shmkit::{Error, ObjectState, OwnerTag, Segment, SegmentOptions, Shared};
 
-const ROLE: &str = "SHMKIT_CHILD_ROLE";
-const TARGET: &str = "SHMKIT_CHILD_TARGET";
 const INDEX: &str = "SHMKIT_DIR_WORKER";
-const ROUNDS_VAR: &str = "SHMKIT_CRASH_ROUNDS";
-/// Prefix of every line a child says to its parent (libtest prints its own lines).
-const PREFIX: &str = "SHMKIT:";
-/// What a worker that found something wrong says, before exiting.
-const FAIL_MARK: &str = "SHMKIT:FAIL ";
 
 /// Rounds (kills) under plain `cargo test`.
 const DEFAULT_ROUNDS: u64 = 200;
@@ -251,42 +243,6 @@ impl Control {
 // Randomness.
 // ---------------------------------------------------------------------------------
 
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A small non-cryptographic generator (splitmix64): timing, not secrets.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(salt: u64) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Rng(nanos ^ (u64::from(std::process::id()) << 32) ^ salt.wrapping_mul(0x9e37_79b9))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Spins for `us` microseconds.
-fn spin_us(us: u64) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_micros(us) {
-        std::hint::spin_loop();
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // The worker side.
 // ---------------------------------------------------------------------------------
@@ -303,12 +259,6 @@ fn child_main() {
     }
 }
 
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
-}
-
 fn worker_main() {
     let name = std::env::var(TARGET).expect("SHMKIT_CHILD_TARGET");
     let index: usize = std::env::var(INDEX)
@@ -322,12 +272,7 @@ fn worker_main() {
     // Below the parent, so that four busy workers on a small machine do not starve
     // the survivor's reclaims, verifications and heartbeat checks.
     let _ = rustix::process::nice(10);
-    // Leave as soon as the parent is gone (our stdin closes with it).
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
-        std::process::exit(0);
-    });
+    common::child::leave_when_the_parent_goes();
     let mut w = Worker {
         seg: &seg,
         ctl: &ctl,
@@ -567,108 +512,40 @@ impl Worker<'_> {
 // The parent side.
 // ---------------------------------------------------------------------------------
 
-/// A worker process, killed and reaped when dropped.
-struct Child {
-    child: LineChild,
-    index: usize,
-    /// Its owner tag, once ready.
-    tag: Option<OwnerTag>,
-    /// Its heartbeat when last seen.
-    beat: u64,
+/// What the workers' own exit codes mean.
+const EXITS: &[(i32, &str)] = &[
+    (EXIT_CHECK, "a failed check"),
+    (EXIT_ERROR, "an unexpected library error"),
+];
+
+/// Starts worker `index`.
+fn spawn_worker(name: &str, index: usize) -> WorkerProcess {
+    let mut cmd = common::child_main_command();
+    cmd.env(ROLE, "dir-worker")
+        .env(TARGET, name)
+        .env(INDEX, index.to_string());
+    WorkerProcess::spawn(cmd, index, EXITS)
 }
 
-impl Child {
-    fn spawn(name: &str, index: usize) -> Self {
-        let mut cmd = common::child_main_command();
-        cmd.env(ROLE, "dir-worker")
-            .env(TARGET, name)
-            .env(INDEX, index.to_string());
-        // Piped stdin: closed when we die, which tells the worker to leave.
-        Child {
-            child: LineChild::spawn(cmd, Stdio::piped()),
-            index,
-            tag: None,
-            beat: 0,
-        }
-    }
+/// Waits (bounded) until the worker has attached and found the control objects.
+fn wait_ready(w: &mut WorkerProcess, ctl: &Control) {
+    let index = w.index;
+    w.wait_ready(|| ctl.beat[index].load(Ordering::Relaxed));
+}
 
-    fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// What a worker that exited on its own said, with its status.
-    fn failure(&self, st: ExitStatus) -> String {
-        let why = match st.code() {
-            Some(EXIT_CHECK) => "a failed check",
-            Some(EXIT_ERROR) => "an unexpected library error",
-            _ => "an unexpected exit",
-        };
-        let said = self
-            .child
-            .next_after(FAIL_MARK, Duration::from_secs(2))
-            .unwrap_or_else(|e| format!("(no FAIL line: {e})"));
-        format!(
-            "worker {} (pid {}) exited on its own ({st}): {why}: {said}",
-            self.index,
-            self.pid()
-        )
-    }
-
-    /// Waits (bounded) until the worker has attached and found the control objects.
-    fn wait_ready(&mut self, ctl: &Control) {
-        let said = match self.child.next_after(PREFIX, PATIENCE) {
-            Ok(s) => s,
-            Err(e) => match self.child.wait_for_exit(Duration::ZERO) {
-                Some(st) => panic!("{}", self.failure(st)),
-                None => panic!("worker {} never became ready: {e}", self.pid()),
-            },
-        };
-        let mut words = said.split_whitespace();
-        let (Some("ready"), Some(tag), None) = (words.next(), words.next(), words.next()) else {
-            panic!("worker {}: {said:?}", self.pid());
-        };
-        let bits: u64 = tag.parse().unwrap_or_else(|e| panic!("{said:?}: {e}"));
-        self.tag = Some(OwnerTag::from_word(bits));
-        self.beat = ctl.beat[self.index].load(Ordering::Relaxed);
-    }
-
-    /// Fails if the worker exited on its own (it only leaves when killed or
-    /// stopped), or if its heartbeat does not move for [`PATIENCE`] (a hang).
-    fn assert_progress(&mut self, ctl: &Control) {
-        if let Some(st) = self.child.wait_for_exit(Duration::ZERO) {
-            panic!("{}", self.failure(st));
-        }
-        let beat = &ctl.beat[self.index];
-        let last = self.beat;
-        let now = common::poll(PATIENCE, Duration::from_millis(1), || {
-            let now = beat.load(Ordering::Relaxed);
-            (now != last).then_some(now)
-        });
-        self.beat = now.unwrap_or_else(|| {
-            let d = ctl.doing[self.index].load(Ordering::Relaxed) as usize;
-            panic!(
-                "worker {} (pid {}) is stuck {} for {PATIENCE:?} (a hang)",
-                self.index,
-                self.pid(),
-                DOING.get(d).unwrap_or(&"?")
-            )
-        });
-    }
-
-    /// SIGKILL, reap (bounded); fails unless SIGKILL is what ended it. Returns
-    /// its owner tag.
-    fn kill(&mut self) -> Option<OwnerTag> {
-        let _ = self.child.kill();
-        let pid = self.pid();
-        let st = self
-            .child
-            .wait_for_exit(PATIENCE)
-            .unwrap_or_else(|| panic!("worker {pid} not reaped after SIGKILL"));
-        if st.signal() != Some(libc::SIGKILL) {
-            panic!("{}", self.failure(st));
-        }
-        self.tag
-    }
+/// Fails if the worker exited on its own (it only leaves when killed or stopped),
+/// or if its heartbeat does not move for [`PATIENCE`] (a hang).
+fn assert_progress(w: &mut WorkerProcess, ctl: &Control) {
+    let index = w.index;
+    w.assert_progress(
+        || ctl.beat[index].load(Ordering::Relaxed),
+        || {
+            DOING
+                .get(ctl.doing[index].load(Ordering::Relaxed) as usize)
+                .unwrap_or(&"?")
+                .to_string()
+        },
+    );
 }
 
 /// Counts accumulated by the parent.
@@ -707,20 +584,10 @@ impl Tally {
     }
 }
 
-fn rounds() -> u64 {
-    match std::env::var(ROUNDS_VAR) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{ROUNDS_VAR}={v:?}: {e}")),
-        Err(_) => DEFAULT_ROUNDS,
-    }
-}
-
 /// Kills worker `v` (SIGKILL, reaped), reads and clears what it was doing, and
 /// starts its replacement. Returns what the victim was doing.
 fn kill_and_replace(
-    workers: &mut [Child],
+    workers: &mut [WorkerProcess],
     v: usize,
     ctl: &Control,
     name: &str,
@@ -729,7 +596,7 @@ fn kill_and_replace(
     let tag = workers[v].kill();
     let doing = (ctl.doing[v].swap(IDLE, Ordering::Relaxed) as usize).min(DOING.len() - 1);
     tally.died_doing[doing] += 1;
-    workers[v] = Child::spawn(name, v);
+    workers[v] = spawn_worker(name, v);
     tally.kills += 1;
     if let Some(t) = tag {
         tally.killed.insert(t);
@@ -810,7 +677,7 @@ fn reclaim_and_check(seg: &Segment, heap: &Heap, tally: &mut Tally, when: &str) 
 
 #[test]
 fn killed_directory_users_leak_no_entry_and_no_block() {
-    let rounds = rounds();
+    let rounds = crash::rounds(DEFAULT_ROUNDS);
     let name = shmkit::unique_name("t-crash-dir-").unwrap();
     let dog = common::StallWatchdog::new(
         "crash_directory",
@@ -838,9 +705,9 @@ fn killed_directory_users_leak_no_entry_and_no_block() {
     let ctl = Control::open(&seg, true);
 
     let mut tally = Tally::default();
-    let mut workers: Vec<Child> = (0..WORKERS).map(|i| Child::spawn(&name, i)).collect();
+    let mut workers: Vec<WorkerProcess> = (0..WORKERS).map(|i| spawn_worker(&name, i)).collect();
     for w in &mut workers {
-        w.wait_ready(&ctl);
+        wait_ready(w, &ctl);
     }
     let mut rng = Rng::seeded(0);
     let mut last_note = Instant::now();
@@ -855,7 +722,7 @@ fn killed_directory_users_leak_no_entry_and_no_block() {
         // A worker that found something wrong has left on its own: say what it
         // found before anything else.
         for w in workers.iter_mut() {
-            if let Some(st) = w.child.wait_for_exit(Duration::ZERO) {
+            if let Some(st) = w.wait_for_exit(Duration::ZERO) {
                 panic!("{when}: {}", w.failure(st));
             }
         }
@@ -873,10 +740,10 @@ fn killed_directory_users_leak_no_entry_and_no_block() {
         );
 
         for w in workers.iter_mut().filter(|w| w.tag.is_none()) {
-            w.wait_ready(&ctl);
+            wait_ready(w, &ctl);
         }
         for w in &mut workers {
-            w.assert_progress(&ctl);
+            assert_progress(w, &ctl);
         }
         dog.tick(round);
         if last_note.elapsed() > Duration::from_secs(30) {
@@ -891,11 +758,11 @@ fn killed_directory_users_leak_no_entry_and_no_block() {
 
     // The end: every worker drops its handles and leaves.
     for w in &mut workers {
-        w.assert_progress(&ctl);
+        assert_progress(w, &ctl);
     }
     ctl.stop.store(1, Ordering::Release);
     for mut w in workers.drain(..) {
-        let st = w.child.wait_for_exit(PATIENCE).unwrap_or_else(|| {
+        let st = w.wait_for_exit(PATIENCE).unwrap_or_else(|| {
             let d = ctl.doing[w.index].load(Ordering::Relaxed) as usize;
             panic!(
                 "worker {} (pid {}) did not stop within {PATIENCE:?} (a hang), {}",

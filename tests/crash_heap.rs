@@ -78,25 +78,17 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{Read, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{LineChild, PATIENCE, shm_path};
+use common::child::{ROLE, TARGET, env_u64, say};
+use common::crash::{self, Rng, WorkerProcess, mix};
+use common::{PATIENCE, shm_path};
 use shmkit::alloc::{BlockState, Heap, Report};
 use shmkit::{Error, OwnerTag, SegmentOptions};
 
-const ROLE: &str = "SHMKIT_CHILD_ROLE";
-const TARGET: &str = "SHMKIT_CHILD_TARGET";
 const CONTROL: &str = "SHMKIT_HEAP_CONTROL";
 const INDEX: &str = "SHMKIT_HEAP_WORKER";
-const ROUNDS_VAR: &str = "SHMKIT_CRASH_ROUNDS";
-/// Prefix of every line a child says to its parent (libtest prints its own lines).
-const PREFIX: &str = "SHMKIT:";
-/// What a worker that found something wrong says, before exiting.
-const FAIL_MARK: &str = "SHMKIT:FAIL ";
 
 /// Rounds (kills) under plain `cargo test`.
 const DEFAULT_ROUNDS: u64 = 200;
@@ -314,13 +306,6 @@ fn key_serial(k: u64) -> u64 {
     k >> KEY_OFF_BITS
 }
 
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The stamp of a block: (byte offset in the block, word) pairs. The serial and a
 /// checksum of (serial, offset, usable size) lead; blocks of 32 bytes or more end
 /// with a word derived from it, and blocks of 64 or more carry one in the middle.
@@ -410,30 +395,13 @@ fn check_stamp(heap: &Heap, b: &Block) -> Result<(), String> {
 // Randomness.
 // ---------------------------------------------------------------------------------
 
-/// A small non-cryptographic generator (splitmix64): timing, not secrets.
-struct Rng(u64);
+/// Request shapes drawn from the generator.
+trait RequestShape {
+    fn size(&mut self) -> usize;
+    fn align(&mut self) -> usize;
+}
 
-impl Rng {
-    fn seeded(salt: u64) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Rng(nanos ^ (u64::from(std::process::id()) << 32) ^ salt.wrapping_mul(0x9e37_79b9))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
+impl RequestShape for Rng {
     /// A request size: log-uniform 8 B – 64 KiB, or 1 – 3 MiB one time in 100.
     fn size(&mut self) -> usize {
         if self.below(100) == 0 {
@@ -470,17 +438,6 @@ fn child_main() {
     }
 }
 
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
-}
-
-fn env_u64(var: &str) -> u64 {
-    let v = std::env::var(var).unwrap_or_else(|_| panic!("{var} not set"));
-    v.parse().unwrap_or_else(|e| panic!("{var}={v:?}: {e}"))
-}
-
 fn worker_main() {
     let name = std::env::var(TARGET).expect("SHMKIT_CHILD_TARGET");
     let index = env_u64(INDEX) as usize;
@@ -493,12 +450,7 @@ fn worker_main() {
     // the survivor's reclaim, verify and heartbeat checks (nor the machine's other
     // users).
     let _ = rustix::process::nice(10);
-    // Leave as soon as the parent is gone (our stdin closes with it).
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
-        std::process::exit(0);
-    });
+    common::child::leave_when_the_parent_goes();
     let mut rng = Rng::seeded(index as u64 + 1);
     let next_rare = Instant::now() + Duration::from_millis(rng.below(RARE_MS.1));
     let mut w = Worker {
@@ -896,111 +848,44 @@ impl Worker<'_> {
 // The parent side.
 // ---------------------------------------------------------------------------------
 
-/// A worker process, killed and reaped when dropped.
-struct Child {
-    child: LineChild,
-    index: usize,
-    /// Its owner tag, once ready.
-    tag: Option<OwnerTag>,
-    /// Its heartbeat when last seen.
-    beat: u64,
+/// What the workers' own exit codes mean.
+const EXITS: &[(i32, &str)] = &[
+    (
+        EXIT_STAMP,
+        "a stamp mismatch (double allocation or block lost)",
+    ),
+    (EXIT_HEAP_ERROR, "an unexpected heap error"),
+];
+
+/// Starts worker `index`.
+fn spawn_worker(name: &str, ctl_off: u64, index: usize) -> WorkerProcess {
+    let mut cmd = common::child_main_command();
+    cmd.env(ROLE, "heap-worker")
+        .env(TARGET, name)
+        .env(CONTROL, ctl_off.to_string())
+        .env(INDEX, index.to_string());
+    WorkerProcess::spawn(cmd, index, EXITS)
 }
 
-impl Child {
-    fn spawn(name: &str, ctl_off: u64, index: usize) -> Self {
-        let mut cmd = common::child_main_command();
-        cmd.env(ROLE, "heap-worker")
-            .env(TARGET, name)
-            .env(CONTROL, ctl_off.to_string())
-            .env(INDEX, index.to_string());
-        // Piped stdin: closed when we die, which tells the worker to leave.
-        Child {
-            child: LineChild::spawn(cmd, Stdio::piped()),
-            index,
-            tag: None,
-            beat: 0,
-        }
-    }
+/// Waits (bounded) until the worker has attached and found the control block.
+fn wait_ready(w: &mut WorkerProcess, ctl: &Control) {
+    let index = w.index;
+    w.wait_ready(|| ctl.workers[index].beat.load(Ordering::Relaxed));
+}
 
-    fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// What a worker that exited on its own said, with its status.
-    fn failure(&self, st: ExitStatus) -> String {
-        let why = match st.code() {
-            Some(EXIT_STAMP) => "a stamp mismatch (double allocation or block lost)",
-            Some(EXIT_HEAP_ERROR) => "an unexpected heap error",
-            _ => "an unexpected exit",
-        };
-        let said = self
-            .child
-            .next_after(FAIL_MARK, Duration::from_secs(2))
-            .unwrap_or_else(|e| format!("(no FAIL line: {e})"));
-        format!(
-            "worker {} (pid {}) exited on its own ({st}): {why}: {said}",
-            self.index,
-            self.pid()
-        )
-    }
-
-    /// Waits (bounded) until the worker has attached and found the control block.
-    fn wait_ready(&mut self, ctl: &Control) {
-        let said = match self.child.next_after(PREFIX, PATIENCE) {
-            Ok(s) => s,
-            Err(e) => match self.child.wait_for_exit(Duration::ZERO) {
-                Some(st) => panic!("{}", self.failure(st)),
-                None => panic!("worker {} never became ready: {e}", self.pid()),
-            },
-        };
-        let mut words = said.split_whitespace();
-        let (Some("ready"), Some(_slot), Some(tag), None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
-            panic!("worker {}: {said:?}", self.pid());
-        };
-        let bits: u64 = tag.parse().unwrap_or_else(|e| panic!("{said:?}: {e}"));
-        self.tag = Some(OwnerTag::from_word(bits));
-        self.beat = ctl.workers[self.index].beat.load(Ordering::Relaxed);
-    }
-
-    /// Fails if the worker exited on its own (it only leaves when killed or
-    /// stopped), or if its heartbeat does not move for [`PATIENCE`] (a hang).
-    fn assert_progress(&mut self, ctl: &Control) {
-        if let Some(st) = self.child.wait_for_exit(Duration::ZERO) {
-            panic!("{}", self.failure(st));
-        }
-        let words = &ctl.workers[self.index];
-        let last = self.beat;
-        let now = common::poll(PATIENCE, Duration::from_millis(1), || {
-            let now = words.beat.load(Ordering::Relaxed);
-            (now != last).then_some(now)
-        });
-        self.beat = now.unwrap_or_else(|| {
-            let d = words.doing.load(Ordering::Relaxed) as usize;
-            panic!(
-                "worker {} (pid {}) is stuck {} for {PATIENCE:?} (a hang)",
-                self.index,
-                self.pid(),
-                DOING.get(d).unwrap_or(&"?")
-            )
-        });
-    }
-
-    /// SIGKILL, reap (bounded); fails unless SIGKILL is what ended it. Returns
-    /// its owner tag.
-    fn kill(&mut self) -> Option<OwnerTag> {
-        let _ = self.child.kill();
-        let pid = self.pid();
-        let st = self
-            .child
-            .wait_for_exit(PATIENCE)
-            .unwrap_or_else(|| panic!("worker {pid} not reaped after SIGKILL"));
-        if st.signal() != Some(libc::SIGKILL) {
-            panic!("{}", self.failure(st));
-        }
-        self.tag
-    }
+/// Fails if the worker exited on its own (it only leaves when killed or stopped),
+/// or if its heartbeat does not move for [`PATIENCE`] (a hang).
+fn assert_progress(w: &mut WorkerProcess, ctl: &Control) {
+    let index = w.index;
+    w.assert_progress(
+        || ctl.workers[index].beat.load(Ordering::Relaxed),
+        || {
+            DOING
+                .get(ctl.workers[index].doing.load(Ordering::Relaxed) as usize)
+                .unwrap_or(&"?")
+                .to_string()
+        },
+    );
 }
 
 /// Counts accumulated by the parent.
@@ -1038,21 +923,11 @@ impl Tally {
     }
 }
 
-fn rounds() -> u64 {
-    match std::env::var(ROUNDS_VAR) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{ROUNDS_VAR}={v:?}: {e}")),
-        Err(_) => DEFAULT_ROUNDS,
-    }
-}
-
 /// Kills worker `v` (SIGKILL, reaped), reads and clears what it was doing and its
 /// hand-off records, and starts its replacement (which reuses the words only
 /// after that).
 fn kill_and_replace(
-    workers: &mut [Child],
+    workers: &mut [WorkerProcess],
     v: usize,
     ctl: &Control,
     name: &str,
@@ -1070,7 +945,7 @@ fn kill_and_replace(
         }
     }
     words.request.store(0, Ordering::Relaxed);
-    workers[v] = Child::spawn(name, ctl_off, v);
+    workers[v] = spawn_worker(name, ctl_off, v);
     tally.kills += 1;
     if let Some(t) = tag {
         tally.killed.insert(t);
@@ -1153,7 +1028,7 @@ fn adopt_check_free(heap: &Heap, k: u64, what: &str) -> u64 {
 
 #[test]
 fn killed_heap_users_leak_nothing_and_never_share_a_block() {
-    let rounds = rounds();
+    let rounds = crash::rounds(DEFAULT_ROUNDS);
     let name = shmkit::unique_name("crash-heap-").unwrap();
     let dog = common::StallWatchdog::new(
         "crash_heap",
@@ -1193,11 +1068,11 @@ fn killed_heap_users_leak_nothing_and_never_share_a_block() {
     let ctl = control(&heap, ctl_off);
 
     let mut tally = Tally::default();
-    let mut workers: Vec<Child> = (0..WORKERS)
-        .map(|i| Child::spawn(&name, ctl_off, i))
+    let mut workers: Vec<WorkerProcess> = (0..WORKERS)
+        .map(|i| spawn_worker(&name, ctl_off, i))
         .collect();
     for w in &mut workers {
-        w.wait_ready(ctl);
+        wait_ready(w, ctl);
     }
     let mut rng = Rng::seeded(0);
     let mut last_note = Instant::now();
@@ -1248,7 +1123,7 @@ fn killed_heap_users_leak_nothing_and_never_share_a_block() {
         // A worker that found something wrong has left on its own: say what it
         // found before anything else (its blocks would puzzle the checks below).
         for w in workers.iter_mut() {
-            if let Some(st) = w.child.wait_for_exit(Duration::ZERO) {
+            if let Some(st) = w.wait_for_exit(Duration::ZERO) {
                 panic!("{when}: {}", w.failure(st));
             }
         }
@@ -1283,10 +1158,10 @@ fn killed_heap_users_leak_nothing_and_never_share_a_block() {
         assert_eq!(failures, 0, "{when}: workers reported failures (see above)");
 
         for w in workers.iter_mut().filter(|w| w.tag.is_none()) {
-            w.wait_ready(ctl);
+            wait_ready(w, ctl);
         }
         for w in &mut workers {
-            w.assert_progress(ctl);
+            assert_progress(w, ctl);
         }
         dog.tick(round);
         if last_note.elapsed() > Duration::from_secs(30) {
@@ -1301,11 +1176,11 @@ fn killed_heap_users_leak_nothing_and_never_share_a_block() {
 
     // The end: every worker frees what it holds and leaves.
     for w in &mut workers {
-        w.assert_progress(ctl);
+        assert_progress(w, ctl);
     }
     ctl.stop.store(1, Ordering::Release);
     for mut w in workers.drain(..) {
-        let st = w.child.wait_for_exit(PATIENCE).unwrap_or_else(|| {
+        let st = w.wait_for_exit(PATIENCE).unwrap_or_else(|| {
             let d = ctl.workers[w.index].doing.load(Ordering::Relaxed) as usize;
             panic!(
                 "worker {} (pid {}) did not stop within {PATIENCE:?} (a hang), {}",

@@ -55,7 +55,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use common::child::{PREFIX, ROLE, TARGET, leave_when_the_parent_goes, say};
+use common::crash::Rng;
 use std::ops::DerefMut;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -67,12 +68,6 @@ use common::{LineChild, PATIENCE, shm_path};
 use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
 use shmkit::sync::{LockError, Mutex, RwLock, Semaphore, SemaphoreError};
 use shmkit::{Offset, OwnerTag, Segment, SegmentOptions, ShmSafe, SlotState};
-
-const ROLE: &str = "SHMKIT_CHILD_ROLE";
-const TARGET: &str = "SHMKIT_CHILD_TARGET";
-const ROUNDS_VAR: &str = "SHMKIT_CRASH_ROUNDS";
-/// Prefix of every line a child says to its parent (libtest prints its own lines).
-const PREFIX: &str = "SHMKIT:";
 
 /// Rounds (kills) under plain `cargo test`.
 const DEFAULT_ROUNDS: u64 = 240;
@@ -209,29 +204,12 @@ fn semaphore_at(seg: &Segment) -> Offset<Sem> {
     Offset::new(seg.user_offset() + CELL * FIRST_OBJECT_CELL)
 }
 
-/// A small non-cryptographic generator (splitmix64): timing, not secrets.
-struct Rng(u64);
+/// Indices drawn from the generator.
+trait Pick {
+    fn pick(&mut self, hot: u64, n: usize) -> usize;
+}
 
-impl Rng {
-    fn seeded(salt: u64) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Rng(nanos ^ (u64::from(std::process::id()) << 32) ^ salt.wrapping_mul(0x9e37_79b9))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
+impl Pick for Rng {
     /// An index below `n`, half of the time below `hot` (for contention).
     fn pick(&mut self, hot: u64, n: usize) -> usize {
         (if self.below(2) == 0 {
@@ -260,12 +238,6 @@ fn child_main() {
     }
 }
 
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
-}
-
 /// Opens the segment, makes one handle per thread and runs `work` on each, until
 /// killed (or until the parent is gone).
 fn worker_main(work: fn(&Segment, u64)) {
@@ -279,12 +251,7 @@ fn worker_main(work: fn(&Segment, u64)) {
         let h = handles[0].try_clone().expect("worker: try_clone");
         handles.push(h);
     }
-    // Leave as soon as the parent is gone (our stdin closes with it).
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
-        std::process::exit(0);
-    });
+    leave_when_the_parent_goes();
     std::thread::scope(|s| {
         for (t, h) in handles.iter().enumerate() {
             s.spawn(move || work(h, t as u64));
@@ -766,7 +733,7 @@ impl CrashRun {
     /// there (nobody else has the segment's name yet).
     fn new(role: &'static str, place: impl FnOnce(&Segment)) -> Self {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
-        let rounds = rounds();
+        let rounds = common::crash::rounds(DEFAULT_ROUNDS);
         let name = shmkit::unique_name("crash-sync-").unwrap();
         let dog = common::StallWatchdog::new(
             "crash_sync",
@@ -992,16 +959,6 @@ fn check_worker_failures(stats: &Stats, when: &str) {
         (0, 0, 0),
         "{when}: workers saw (NotRecoverable, broken invariants, other errors)"
     );
-}
-
-fn rounds() -> u64 {
-    match std::env::var(ROUNDS_VAR) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{ROUNDS_VAR}={v:?}: {e}")),
-        Err(_) => DEFAULT_ROUNDS,
-    }
 }
 
 #[test]

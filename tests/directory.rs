@@ -26,8 +26,9 @@
 
 mod common;
 
+use common::child::{PREFIX, ROLE, TARGET, say};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::Stdio;
 use std::sync::atomic::{
     AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering,
@@ -44,11 +45,6 @@ use shmkit::{
 };
 
 const MIRI: bool = cfg!(miri);
-
-const ROLE: &str = "SHMKIT_CHILD_ROLE";
-const TARGET: &str = "SHMKIT_CHILD_TARGET";
-/// Prefix of every line a child says to its parent (libtest prints its own lines).
-const PREFIX: &str = "SHMKIT:";
 
 /// A test still running after this long is hung: the watchdog aborts the binary.
 const WATCHDOG: Duration = Duration::from_secs(120);
@@ -1090,12 +1086,6 @@ fn child_main() {
         other => panic!("unknown child role {other:?}"),
     }
     say(common::DONE_MARKER);
-}
-
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
 }
 
 fn raced_name(k: usize) -> String {

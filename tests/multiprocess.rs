@@ -12,8 +12,9 @@
 
 mod common;
 
+use common::child::{PREFIX, ROLE, TARGET, say, wait_for_eof};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,11 +22,7 @@ use std::time::{Duration, Instant};
 use common::{LineChild, PATIENCE, poll, shm_path, sysv_lock_path};
 use shmkit::{Error, Offset, Opened, Segment, SegmentOptions, SlotState};
 
-const ROLE: &str = "SHMKIT_CHILD_ROLE";
-const TARGET: &str = "SHMKIT_CHILD_TARGET";
 const CELL: &str = "SHMKIT_CHILD_CELL";
-/// Prefix of every line a child says to its parent (libtest prints its own lines).
-const PREFIX: &str = "SHMKIT:";
 
 /// A test still running after this long is hung: the watchdog aborts the binary.
 const WATCHDOG: Duration = Duration::from_secs(100);
@@ -421,19 +418,6 @@ fn child_main() {
         "attach-wait" | "attach-exit" | "attach-fork" | "attach-fork-after" => child_attach(&role),
         other => panic!("unknown child role {other:?}"),
     }
-}
-
-/// Tells the parent something.
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
-}
-
-/// Blocks until the parent closes our stdin (or dies).
-fn wait_for_eof() {
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().lock().read_to_end(&mut sink);
 }
 
 fn options_from_env() -> SegmentOptions {

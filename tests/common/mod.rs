@@ -10,6 +10,9 @@
 // it, so items unused by one binary are not dead code.
 #![allow(dead_code)]
 
+pub mod child;
+pub mod crash;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};

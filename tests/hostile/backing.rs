@@ -14,6 +14,7 @@
 #![cfg(not(miri))]
 #![allow(clippy::disallowed_types)]
 
+use crate::common::child::{PREFIX, say};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -31,8 +32,6 @@ const CHILD: &str = "backing::child_main";
 const ROLE: &str = "SHMKIT_BACKING_ROLE";
 const KIND: &str = "SHMKIT_BACKING_KIND";
 const WHERE: &str = "SHMKIT_BACKING_WHERE";
-/// Prefix of the lines a victim says to the liar.
-const PREFIX: &str = "SHMKIT:";
 
 /// Size of the private tmpfs mounted over `/dev/shm`.
 const TMPFS_SIZE: u64 = 16 << 20;
@@ -77,12 +76,6 @@ fn word_at(seg: &Segment, off: u64) -> &AtomicU64 {
     // keeps mapped for the returned lifetime; an AtomicU64 is valid for any bits,
     // and these tests access the words only atomically.
     unsafe { &*seg.as_ptr().add(off as usize).cast::<AtomicU64>() }
-}
-
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
 }
 
 fn env(var: &str) -> String {

@@ -10,7 +10,8 @@
 #![cfg(not(miri))]
 #![allow(clippy::disallowed_types)]
 
-use std::io::{BufRead, Read, Write};
+use crate::common::child::{PREFIX, say, wait_for_eof};
+use std::io::{BufRead, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -24,8 +25,6 @@ use shmkit::{Error, Offset, Segment, SegmentOptions, SlotState};
 const ROLE: &str = "SHMKIT_LIFECYCLE_ROLE";
 const ID: &str = "SHMKIT_LIFECYCLE_SYSV_ID";
 const PARENT_SLOT: &str = "SHMKIT_LIFECYCLE_PARENT_SLOT";
-/// Prefix of every line a child says to its parent (libtest prints its own lines).
-const PREFIX: &str = "SHMKIT:";
 /// Size of the foreign segments.
 const FOREIGN_SIZE: usize = 64 << 10;
 
@@ -178,21 +177,10 @@ fn finish(mut child: LineChild) {
 // Children.
 // ---------------------------------------------------------------------------------
 
-fn say(what: impl std::fmt::Display) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
-}
-
 fn env_num<T: std::str::FromStr>(var: &str) -> T {
     let v = std::env::var(var).unwrap_or_else(|_| panic!("{var} not set"));
     v.parse()
         .unwrap_or_else(|_| panic!("{var}={v:?} is not a number"))
-}
-
-fn wait_for_eof() {
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().lock().read_to_end(&mut sink);
 }
 
 /// The entry point of re-executed children; does nothing when run without a role.
