@@ -35,7 +35,7 @@
 //! the heap and the directory verify clean, that no entry is left `Creating`
 //! under a dead creator and that no two entries share an object. Every live
 //! worker's heartbeat must move each round (one that does not is a hang), and a
-//! watchdog aborts the test if no round completes for [`STALL`].
+//! watchdog aborts the test if no round completes for a minute.
 //!
 //! At the end the workers are stopped (they drop their handles and leave), every
 //! name is removed, and then the directory must hold 0 entries and 0 removed
@@ -110,11 +110,9 @@ const KILL_MS: (u64, u64) = (50, 200);
 const EXIT_CHECK: i32 = 86;
 /// A worker's exit code for an unexpected library error.
 const EXIT_ERROR: i32 = 87;
-/// The watchdog aborts if no round completes for this long...
-const STALL: Duration = Duration::from_secs(60);
-/// ...or if the test runs longer than this plus [`PER_ROUND`] per round.
+/// The watchdog aborts if no round completes for a minute, or if the test runs
+/// longer than this plus a second per round.
 const BASE_BOUND: Duration = Duration::from_secs(120);
-const PER_ROUND: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------
 // Names and control objects.
@@ -679,17 +677,7 @@ fn reclaim_and_check(seg: &Segment, heap: &Heap, tally: &mut Tally, when: &str) 
 fn killed_directory_users_leak_no_entry_and_no_block() {
     let rounds = crash::rounds(DEFAULT_ROUNDS);
     let name = shmkit::unique_name("t-crash-dir-").unwrap();
-    let dog = common::StallWatchdog::new(
-        "crash_directory",
-        STALL,
-        BASE_BOUND + PER_ROUND * u32::try_from(rounds).unwrap_or(u32::MAX),
-        {
-            let name = name.clone();
-            move || {
-                let _ = SegmentOptions::posix(&name).remove();
-            }
-        },
-    );
+    let dog = crash::watchdog("crash_directory", &name, rounds, BASE_BOUND);
     let started = Instant::now();
     let seg = SegmentOptions::posix(&name)
         .max_size(SEGMENT_SIZE)

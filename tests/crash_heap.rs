@@ -48,7 +48,7 @@
 //! killed worker) and `verify`, which must be clean and quiescent, with no dead
 //! owner left holding owned or cached bytes. Every live worker's heartbeat must
 //! move each round (one that does not is a hang, named with what it was doing), and
-//! a watchdog aborts the test if no round completes for [`STALL`] or the run
+//! a watchdog aborts the test if no round completes for a minute or the run
 //! exceeds its bound.
 //!
 //! At the end the workers are stopped gracefully (they check and free their blocks
@@ -113,11 +113,9 @@ const KILL_MS: (u64, u64) = (50, 200);
 const EXIT_STAMP: i32 = 86;
 /// A worker's exit code for an unexpected heap error.
 const EXIT_HEAP_ERROR: i32 = 87;
-/// The watchdog aborts if no round completes for this long...
-const STALL: Duration = Duration::from_secs(60);
-/// ...or if the test runs longer than this plus [`PER_ROUND`] per round.
+/// The watchdog aborts if no round completes for a minute, or if the test runs
+/// longer than this plus a second per round.
 const BASE_BOUND: Duration = Duration::from_secs(120);
-const PER_ROUND: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------
 // The control block, in the heap.
@@ -1030,17 +1028,7 @@ fn adopt_check_free(heap: &Heap, k: u64, what: &str) -> u64 {
 fn killed_heap_users_leak_nothing_and_never_share_a_block() {
     let rounds = crash::rounds(DEFAULT_ROUNDS);
     let name = shmkit::unique_name("crash-heap-").unwrap();
-    let dog = common::StallWatchdog::new(
-        "crash_heap",
-        STALL,
-        BASE_BOUND + PER_ROUND * u32::try_from(rounds).unwrap_or(u32::MAX),
-        {
-            let name = name.clone();
-            move || {
-                let _ = SegmentOptions::posix(&name).remove();
-            }
-        },
-    );
+    let dog = crash::watchdog("crash_heap", &name, rounds, BASE_BOUND);
     let started = Instant::now();
     let seg = SegmentOptions::posix(&name)
         .max_size(SEGMENT_SIZE)

@@ -56,7 +56,7 @@
 mod common;
 
 use common::child::{PREFIX, ROLE, TARGET, leave_when_the_parent_goes, say};
-use common::crash::Rng;
+use common::crash::{self, Rng};
 use std::ops::DerefMut;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -98,11 +98,9 @@ const FIRST_OBJECT_CELL: u64 = DOING_CELL + (SLOTS as u64 * 8).div_ceil(CELL);
 const RW_CELLS: u64 = (size_of::<Rw>() as u64).div_ceil(CELL);
 /// The verifier's timeout: running out of it is a hang.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The watchdog aborts if no round completes for this long...
-const STALL: Duration = Duration::from_secs(60);
-/// ...or if the test runs longer than this plus [`PER_ROUND`] per round.
+/// The watchdog aborts if no round completes for a minute, or if the test runs
+/// longer than this plus a second per round.
 const BASE_BOUND: Duration = Duration::from_secs(90);
-const PER_ROUND: Duration = Duration::from_secs(1);
 
 const _: () = assert!(SLOTS <= 64 && SLOTS <= READERS && SLOTS <= LEDGER);
 
@@ -735,17 +733,7 @@ impl CrashRun {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let rounds = common::crash::rounds(DEFAULT_ROUNDS);
         let name = shmkit::unique_name("crash-sync-").unwrap();
-        let dog = common::StallWatchdog::new(
-            "crash_sync",
-            STALL,
-            BASE_BOUND + PER_ROUND * u32::try_from(rounds).unwrap_or(u32::MAX),
-            {
-                let name = name.clone();
-                move || {
-                    let _ = SegmentOptions::posix(&name).no_heap().remove();
-                }
-            },
-        );
+        let dog = crash::watchdog("crash_sync", &name, rounds, BASE_BOUND);
         let started = Instant::now();
         let seg = SegmentOptions::posix(&name)
             .no_heap()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shmkit::OwnerTag;
 
 use super::child::{FAIL_MARK, PREFIX};
-use super::{LineChild, PATIENCE};
+use super::{LineChild, PATIENCE, StallWatchdog};
 
 /// How many rounds (kills) to run instead of the test's default.
 pub const ROUNDS_VAR: &str = "SHMKIT_CRASH_ROUNDS";
@@ -193,4 +193,19 @@ impl WorkerProcess {
         }
         self.tag
     }
+}
+
+/// The watchdog of a crash test of `rounds` rounds on the POSIX segment `name`:
+/// aborts (after removing the segment) if no round completes for a minute, or if
+/// the test runs past `base` plus a second per round.
+pub fn watchdog(test: &'static str, name: &str, rounds: u64, base: Duration) -> StallWatchdog {
+    let name = name.to_owned();
+    StallWatchdog::new(
+        test,
+        Duration::from_secs(60),
+        base + Duration::from_secs(1) * u32::try_from(rounds).unwrap_or(u32::MAX),
+        move || {
+            let _ = shmkit::SegmentOptions::posix(&name).remove();
+        },
+    )
 }
