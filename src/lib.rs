@@ -21,8 +21,8 @@
 //!   gets `OwnerDied` (on a handle: [`Shared::lock_or_recover`](Shared) repairs);
 //! - [`alloc`]: the shared heap — a lock-free allocator in the segment whose
 //!   blocks record their owner, so that [`alloc::Heap::reclaim_dead`] gives back
-//!   what a killed process held; [`alloc::ShmBox`], [`alloc::ShmVec`],
-//!   [`alloc::ShmString`] are stored as offsets and handed between processes;
+//!   what a killed process held; [`containers::ShmBox`], [`containers::ShmVec`],
+//!   [`containers::ShmString`] are stored as offsets and handed between processes;
 //! - [`ShmSafe`]: the marker for types allowed in a segment, derived through
 //!   zerocopy (no `unsafe`); [`ShmShared`]: those that may be shared by reference;
 //!   [`Offset`], [`Tagged`] / [`AtomicTagged`]: base-relative references and
@@ -82,6 +82,7 @@ compile_error!(
 );
 
 pub mod alloc;
+pub mod containers;
 mod directory;
 mod error;
 /// Fuzz entry points, shared by `fuzz/` and `tests/fuzz_replay.rs`: only with the

@@ -28,10 +28,11 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use shmkit::alloc::{
-    BlockState, Heap, MAX_ALLOC, MAX_SMALL, OwnerStats, SIZES, ShmBox, ShmString, ShmVec, Stats,
-};
 use shmkit::{Error, Offset, OwnerTag, PAGE_SIZE, Segment, SegmentOptions};
+use shmkit::{
+    alloc::{BlockState, Heap, MAX_ALLOC, MAX_SMALL, OwnerStats, SIZES, Stats},
+    containers::{ShmBox, ShmString, ShmVec},
+};
 
 const MIRI: bool = cfg!(miri);
 

@@ -21,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shmkit::alloc::{Heap, ShmString};
 use shmkit::{Offset, SegmentOptions};
+use shmkit::{alloc::Heap, containers::ShmString};
 
 const TRADERS: usize = 3;
 const SLOTS: usize = 64;

@@ -41,7 +41,7 @@ use super::seg_mem::SegMem;
 /// # Examples
 ///
 /// ```
-/// use shmkit::{SegmentOptions, alloc::{Heap, ShmString, ShmVec}};
+/// use shmkit::{SegmentOptions, alloc::Heap, containers::{ShmString, ShmVec}};
 /// let seg = SegmentOptions::heap().max_size(16 << 20).create()?;
 /// let heap = Heap::attach(&seg)?;
 /// let mut v = ShmVec::<u64>::new(&heap)?;   // typed blocks: no raw memory

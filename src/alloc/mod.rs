@@ -47,7 +47,6 @@
 //!   read is discarded by the failing CAS), harmless on the hardware, as in every
 //!   intrusive lock-free free list.
 
-mod boxed;
 mod class;
 mod heap;
 mod large_cache;
@@ -58,13 +57,11 @@ mod pages;
 mod pool;
 mod seg_mem;
 mod stats;
-mod string;
-mod vec;
 mod verify;
 
-pub use boxed::ShmBox;
 pub use class::{CLASSES, MAX_SMALL, SIZES};
 pub use heap::{Heap, MAX_ALLOC};
+pub(crate) use mem::Mem;
 pub use owner::BlockState;
 pub(crate) use owner::{is_stamped, shared_stamped};
 pub use pool::Reclaimed;
@@ -72,8 +69,6 @@ pub use pool::Reclaimed;
 pub(crate) use seg_mem::ROOT_WORDS;
 pub(crate) use seg_mem::{Layout as HeapLayout, build as build_heap};
 pub use stats::{ClassStats, OwnerStats, Stats};
-pub use string::{ShmString, StringHeader, Utf8};
-pub use vec::{ShmVec, VecHeader};
 pub use verify::{Report, Violation};
 
 /// The lock-free core, for the loom models in `tests/loom_heap.rs`. Not a stable

@@ -4,9 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shmkit::alloc::{Heap, ShmString};
 use shmkit::sync::Mutex;
 use shmkit::{Error, Offset, SegmentOptions};
+use shmkit::{alloc::Heap, containers::ShmString};
 
 use super::{Role, child, segment_name};
 

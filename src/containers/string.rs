@@ -2,8 +2,8 @@
 
 use crate::{Error, Offset, Result};
 
-use super::heap::Heap;
 use super::vec::{ShmVec, VecHeader};
+use crate::alloc::Heap;
 
 /// The header block of a [`ShmString`] in the segment (laid out as a
 /// `ShmVec<u8>`'s): what the typed offset from [`ShmString::into_shared`] points
@@ -20,7 +20,7 @@ pub enum Utf8 {}
 /// # Examples
 ///
 /// ```
-/// use shmkit::{SegmentOptions, alloc::{Heap, ShmString}};
+/// use shmkit::{SegmentOptions, alloc::Heap, containers::ShmString};
 /// let seg = SegmentOptions::heap().create()?;
 /// let heap = Heap::attach(&seg)?;
 /// let mut s = ShmString::from_str(&heap, "hello")?;
@@ -45,7 +45,7 @@ impl<'h> ShmString<'h> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// assert!(shmkit::alloc::ShmString::new(&heap)?.is_empty());
+    /// assert!(shmkit::containers::ShmString::new(&heap)?.is_empty());
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn new(heap: &'h Heap) -> Result<Self> {
@@ -90,7 +90,7 @@ impl<'h> ShmString<'h> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// assert_eq!(shmkit::alloc::ShmString::from_str(&heap, "hé")?.len(), 3);
+    /// assert_eq!(shmkit::containers::ShmString::from_str(&heap, "hé")?.len(), 3);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn len(&self) -> usize {
@@ -113,7 +113,7 @@ impl<'h> ShmString<'h> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let mut s = shmkit::alloc::ShmString::from_str(&heap, "x")?;
+    /// let mut s = shmkit::containers::ShmString::from_str(&heap, "x")?;
     /// s.clear();
     /// assert!(s.is_empty());
     /// # Ok::<(), shmkit::Error>(())
@@ -145,7 +145,7 @@ impl<'h> ShmString<'h> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// assert!(shmkit::alloc::ShmString::new(&heap)?.offset().get() > 0);
+    /// assert!(shmkit::containers::ShmString::new(&heap)?.offset().get() > 0);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn offset(&self) -> Offset<StringHeader> {
@@ -163,8 +163,8 @@ impl<'h> ShmString<'h> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let off = shmkit::alloc::ShmString::from_str(&heap, "hi")?.into_shared()?;
-    /// let s = shmkit::alloc::ShmString::from_shared(&heap, off)?;
+    /// let off = shmkit::containers::ShmString::from_str(&heap, "hi")?.into_shared()?;
+    /// let s = shmkit::containers::ShmString::from_shared(&heap, off)?;
     /// assert_eq!(s.to_string()?, "hi");
     /// # Ok::<(), shmkit::Error>(())
     /// ```

@@ -7,8 +7,8 @@ use std::marker::PhantomData;
 use crate::loom::{AtomicU64, Ordering};
 use crate::{Error, Offset, Result, ShmSafe};
 
-use super::heap::Heap;
-use super::mem::Mem;
+use crate::alloc::Heap;
+use crate::alloc::Mem;
 
 /// Words of the header block: data offset, length, capacity.
 const HEADER: usize = 24;
@@ -38,7 +38,7 @@ pub struct VecHeader<T> {
 /// # Examples
 ///
 /// ```
-/// use shmkit::{SegmentOptions, alloc::{Heap, ShmVec}};
+/// use shmkit::{SegmentOptions, alloc::Heap, containers::ShmVec};
 /// let seg = SegmentOptions::heap().create()?;
 /// let heap = Heap::attach(&seg)?;
 /// let mut v = ShmVec::new(&heap)?;
@@ -97,7 +97,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let v = shmkit::alloc::ShmVec::<u32>::with_capacity(&heap, 100)?;
+    /// let v = shmkit::containers::ShmVec::<u32>::with_capacity(&heap, 100)?;
     /// assert!(v.capacity() >= 100);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -213,7 +213,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let v = shmkit::alloc::ShmVec::<u8>::new(&heap)?;
+    /// let v = shmkit::containers::ShmVec::<u8>::new(&heap)?;
     /// assert!(v.offset().get() > 0);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -237,7 +237,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// assert!(shmkit::alloc::ShmVec::<u8>::new(&heap)?.is_empty());
+    /// assert!(shmkit::containers::ShmVec::<u8>::new(&heap)?.is_empty());
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
@@ -328,7 +328,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let mut v = shmkit::alloc::ShmVec::new(&heap)?;
+    /// let mut v = shmkit::containers::ShmVec::new(&heap)?;
     /// v.extend_from_slice(&[1u8, 2, 3])?;
     /// assert_eq!(v.to_vec(), [1, 2, 3]);
     /// # Ok::<(), shmkit::Error>(())
@@ -352,7 +352,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let mut v = shmkit::alloc::ShmVec::new(&heap)?;
+    /// let mut v = shmkit::containers::ShmVec::new(&heap)?;
     /// v.push(5u16)?;
     /// assert_eq!(v.pop(), Some(5));
     /// assert_eq!(v.pop(), None);
@@ -393,7 +393,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let mut v = shmkit::alloc::ShmVec::new(&heap)?;
+    /// let mut v = shmkit::containers::ShmVec::new(&heap)?;
     /// v.push(1u32)?;
     /// v.set(0, 9)?;
     /// assert_eq!(v.get(0), Some(9));
@@ -416,7 +416,7 @@ impl<'h, T: ShmSafe + Copy> ShmVec<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let mut v = shmkit::alloc::ShmVec::new(&heap)?;
+    /// let mut v = shmkit::containers::ShmVec::new(&heap)?;
     /// v.push(1u8)?;
     /// v.clear();
     /// assert!(v.is_empty());

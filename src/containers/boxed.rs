@@ -6,7 +6,7 @@ use std::ops::Deref;
 
 use crate::{Error, Offset, Result, ShmSafe, ShmShared};
 
-use super::heap::Heap;
+use crate::alloc::Heap;
 
 /// A value of type `T` in a block of the shared heap, owned by this process and
 /// freed when the box is dropped.
@@ -20,7 +20,7 @@ use super::heap::Heap;
 /// # Examples
 ///
 /// ```
-/// use shmkit::{SegmentOptions, alloc::{Heap, ShmBox}};
+/// use shmkit::{SegmentOptions, alloc::Heap, containers::ShmBox};
 /// let seg = SegmentOptions::heap().create()?;
 /// let heap = Heap::attach(&seg)?;
 /// let mut b = ShmBox::new(&heap, [1u32, 2, 3])?;
@@ -123,7 +123,7 @@ impl<'h, T: ShmSafe> ShmBox<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let b = shmkit::alloc::ShmBox::new(&heap, 7u64)?;
+    /// let b = shmkit::containers::ShmBox::new(&heap, 7u64)?;
     /// assert!(b.offset().get() >= seg.user_offset());
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -138,7 +138,7 @@ impl<'h, T: ShmSafe> ShmBox<'h, T> {
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let heap = shmkit::alloc::Heap::attach(&seg)?;
-    /// let b = shmkit::alloc::ShmBox::new(&heap, 7u64)?;
+    /// let b = shmkit::containers::ShmBox::new(&heap, 7u64)?;
     /// // SAFETY: the box owns the block; nobody else writes it.
     /// assert_eq!(unsafe { b.as_ptr().read() }, 7);
     /// # Ok::<(), shmkit::Error>(())
