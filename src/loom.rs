@@ -202,7 +202,7 @@ pub fn yield_now() {
 /// Uses the *shared* futex (no `FUTEX_PRIVATE_FLAG`), so a wake from another
 /// process reaches us. Spurious returns are allowed: callers re-check their
 /// condition in a loop.
-#[cfg(not(shmkit_loom))]
+#[cfg(all(not(shmkit_loom), not(miri)))]
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     use rustix::thread::futex;
     let ts = timeout.map(|t| rustix::time::Timespec {
@@ -215,12 +215,52 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
 }
 
 /// Wake up to `count` sleepers on `word`, in any process.
-#[cfg(not(shmkit_loom))]
+#[cfg(all(not(shmkit_loom), not(miri)))]
 pub fn futex_wake(word: &AtomicU32, count: u32) {
     use rustix::thread::futex;
     // The only failure for a valid, aligned word is EFAULT, impossible for a
     // reference; a failed wake cannot corrupt anything, waiters time out.
     let _ = futex::wake(&word.0, futex::Flags::empty(), count);
+}
+
+// Under miri the same two futex calls go through `libc::syscall`: rustix 1's
+// wrappers pass FUTEX_WAKE's unused `val2` argument through an integer-to-pointer
+// cast (`futex_val2` in its libc backend), which miri's strict-provenance mode
+// (`-Zmiri-strict-provenance`, what .ci/run uses) refuses; with these, every
+// pointer in the crate is checked under strict provenance. Same arguments, same
+// semantics, same (ignored) errors as the rustix calls above.
+
+/// [`futex_wait`] for miri (see the comment above).
+#[cfg(all(not(shmkit_loom), miri))]
+#[allow(unsafe_code)]
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long, // < 10^9
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live, aligned u32 (a reference), with a timeout that
+    // is null or points to a timespec alive for the call.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.0.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+        )
+    };
+}
+
+/// [`futex_wake`] for miri (see the comment above).
+#[cfg(all(not(shmkit_loom), miri))]
+#[allow(unsafe_code)]
+pub fn futex_wake(word: &AtomicU32, count: u32) {
+    let count = count.min(i32::MAX as u32) as i32;
+    // SAFETY: FUTEX_WAKE on a live, aligned u32 (a reference).
+    let _ = unsafe { libc::syscall(libc::SYS_futex, word.0.as_ptr(), libc::FUTEX_WAKE, count) };
 }
 
 /// Loom stand-in: re-check, then yield (or, in the blocking model, sleep until
