@@ -115,7 +115,8 @@ impl<T: ShmSafe + Send> Shared<Mutex<T>> {
     /// let mut g = m.raw().lock(&peer).unwrap();
     /// g[0] = 1; // ... and dies before writing g[1]
     /// std::mem::forget(g);
-    /// peer.simulate_crash();
+    /// // `peer`'s process is killed here (kill -9)
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// let g = m.lock_or_recover(|p| p[1] = p[0])?;
     /// assert_eq!(*g, [1, 1]);
     /// # Ok::<(), shmkit::Error>(())
@@ -151,7 +152,8 @@ impl<T: ShmSafe + Send> Shared<Mutex<T>> {
     /// let m = seg.find_or_create::<shmkit::sync::Mutex<u64>>("m", ())?;
     /// let peer = seg.try_clone()?;
     /// std::mem::forget(m.raw().lock(&peer).unwrap());
-    /// peer.simulate_crash();
+    /// // `peer`'s process is killed here (kill -9)
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// drop(m.raw().lock(&seg).unwrap_err().into_owner_died()); // dropped unrepaired
     /// assert!(matches!(m.lock(), Err(shmkit::Error::NotRecoverable)));
     /// m.reset(|n| *n = 0)?;

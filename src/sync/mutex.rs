@@ -198,7 +198,8 @@ impl<T> Mutex<T> {
     /// let m = seg.find_or_create::<Mutex<u64>>("m", ())?;
     /// let peer = seg.try_clone()?;
     /// std::mem::forget(m.raw().lock(&peer).unwrap());
-    /// peer.simulate_crash();
+    /// // `peer`'s process is killed here (kill -9)
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// drop(m.raw().lock(&seg).unwrap_err().into_owner_died()); // unrepaired
     /// assert!(matches!(m.raw().lock(&seg), Err(LockError::NotRecoverable)));
     /// let mut g = m.raw().reset(&seg).expect("not recoverable");
@@ -549,7 +550,8 @@ impl<'a, T> MutexGuard<'a, T> {
     /// let h = seg.find_or_create::<Mutex<u32>>("m", ())?;
     /// let m = h.raw(); // the low-level calls, which take the context
     /// std::mem::forget(m.lock(&peer).unwrap()); // the holder...
-    /// peer.simulate_crash();                     // ...dies holding it
+    /// // `peer`'s process is killed here (kill -9), holding it
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// let mut g = m.lock(&seg).unwrap_err().into_owner_died().unwrap();
     /// *g = 0; // repair
     /// g.make_consistent();

@@ -191,7 +191,8 @@ impl<T, const READERS: usize> RwLock<T, READERS> {
     /// let l = h.raw();
     /// let peer = seg.try_clone()?;
     /// std::mem::forget(l.write(&peer).unwrap());
-    /// peer.simulate_crash();
+    /// // `peer`'s process is killed here (kill -9)
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// drop(l.write(&seg).unwrap_err().into_owner_died()); // dropped unrepaired
     /// assert!(matches!(l.write(&seg), Err(LockError::NotRecoverable)));
     /// assert!(l.reset());
@@ -711,7 +712,8 @@ impl<T, const R: usize> RwLockWriteGuard<'_, T, R> {
     /// let l = h.raw(); // the low-level calls, which take the context
     /// let peer = seg.try_clone()?;
     /// std::mem::forget(l.write(&peer).unwrap());
-    /// peer.simulate_crash(); // the writer dies mid-update
+    /// // `peer`'s process is killed here (kill -9), mid-update
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// let mut g = l.write(&seg).unwrap_err().into_owner_died().unwrap();
     /// *g = 0;
     /// g.make_consistent();

@@ -129,7 +129,8 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
     /// let peer = seg.try_clone()?;
     /// s.acquire(&peer).unwrap();
     /// s.acquire(&peer).unwrap();
-    /// peer.simulate_crash(); // dies holding both permits
+    /// // `peer`'s process is killed here (kill -9), holding both permits
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// s.acquire(&seg).unwrap(); // they come back
     /// assert_eq!(s.held_by(seg.owner_tag()), 1);
     /// # Ok::<(), shmkit::Error>(())

@@ -103,7 +103,8 @@ impl Segment {
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let peer = seg.try_clone()?;
     /// let slot = peer.slot();
-    /// peer.simulate_crash(); // as if its process had been killed
+    /// // `peer`'s process is killed here (kill -9)
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// assert_eq!(seg.slot_info(slot)?.state, SlotState::Dead);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -191,7 +192,8 @@ impl Segment {
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let peer = seg.try_clone()?;
     /// let slot = peer.slot();
-    /// peer.simulate_crash();
+    /// // `peer`'s process is killed here (kill -9)
+    /// # peer.simulate_crash(); // test support: the same as a SIGKILL
     /// assert_eq!(seg.reclaim_dead()?, vec![slot]);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
