@@ -114,6 +114,7 @@ pub mod loom;
 mod loom;
 mod object;
 mod ptr;
+pub mod queue;
 mod segment;
 pub mod sync;
 

@@ -12,6 +12,7 @@ use std::fmt;
 use std::ptr::NonNull;
 
 use crate::layout::{ShmSafe, ShmShared};
+use crate::queue::Broadcast;
 use crate::sync::{Condvar, Event, EventKind, Mutex, RwLock, Semaphore};
 use crate::{Error, Result};
 
@@ -310,6 +311,31 @@ where
             // exclusive.
             unsafe { T::init(first.add(i), config) };
         }
+    }
+}
+
+// SAFETY: (1) `bytes` is the header (size_of::<Self>()) plus the ring, the same
+// in every process; (2) init writes the header's fixed words inside those bytes
+// (zeroed slots are "never written"), and the handles reach only the ring's
+// words; (3) every word pattern is handled (see Broadcast's state table), every
+// data pattern is a T (FromBytes); (4) the name carries T, VERSION the layout.
+unsafe impl<T> ShmObject for Broadcast<T>
+where
+    T: ShmSafe + zerocopy::FromBytes + zerocopy::IntoBytes + Copy + Send + Sync,
+{
+    /// The capacity: a power of two, at most
+    /// [`MAX_BROADCAST_CAPACITY`](crate::queue::MAX_BROADCAST_CAPACITY).
+    type Config = u64;
+    const VERSION: u32 = 1;
+    fn type_name() -> String {
+        format!("shmkit::Broadcast<{}>", std::any::type_name::<T>())
+    }
+    fn size(capacity: &u64) -> Result<u64> {
+        Broadcast::<T>::bytes(*capacity)
+    }
+    unsafe fn init(at: NonNull<Self>, capacity: &u64) {
+        // SAFETY: the caller's contract, for `size(capacity)` bytes.
+        unsafe { Broadcast::init(at, *capacity) };
     }
 }
 

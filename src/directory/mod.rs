@@ -50,6 +50,7 @@
 //! [`Error::LockTimeout`] instead of waiting forever.
 #![allow(unsafe_code)]
 
+mod broadcast;
 pub(crate) mod crash;
 mod entry;
 pub(crate) mod inspect;
