@@ -410,7 +410,7 @@ fn a_writer_dead_mid_message_never_shows_a_torn_one() {
         std::mem::forget(w); // the role stays with the "dead" attachment
     }
     let raw = b.testkit_raw();
-    raw.set_ring_word(8, 2 * 1 + 1); // slot 1 (stride 8 words): message 1 marked
+    raw.set_ring_word(8, 3); // slot 1 (stride 8 words): message 1 marked (2n + 1)
     raw.set_ring_word(9, 0xdead); // half its data
     assert_eq!(drain(&mut r), (vec![0], 0));
     // SAFETY: no guard was taken through `peer`; its writer handle was forgotten.
