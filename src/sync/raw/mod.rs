@@ -19,8 +19,10 @@
 //! [`RawReadGuard`] and [`RawWriteGuard`].
 
 mod mutex;
+mod rwlock;
 
 pub use mutex::RawMutex;
+pub use rwlock::{RawRwLock, ReadAcquired};
 
 use crate::sync::{Held, LockError, LockResult};
 
@@ -76,6 +78,13 @@ pub enum RawLockError {
     TimedOut,
     /// The caller's context holds no registry slot.
     NotAttached,
+    /// An `RwLock` has no reader entry for the caller's registry slot.
+    NoReaderEntry {
+        /// The caller's slot.
+        slot: u32,
+        /// Reader entries in the lock.
+        entries: usize,
+    },
     /// The word names the caller's own attachment, which neither holds nor is
     /// taking the lock.
     Corrupt {
@@ -93,6 +102,9 @@ impl RawLockError {
             RawLockError::WouldBlock => LockError::WouldBlock,
             RawLockError::TimedOut => LockError::TimedOut,
             RawLockError::NotAttached => LockError::NotAttached,
+            RawLockError::NoReaderEntry { slot, entries } => {
+                LockError::NoReaderEntry { slot, entries }
+            }
             RawLockError::Corrupt { word } => LockError::Corrupt { word },
         }
     }
