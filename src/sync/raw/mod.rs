@@ -21,8 +21,8 @@
 mod mutex;
 mod rwlock;
 
-pub use mutex::RawMutex;
-pub use rwlock::{RawRwLock, ReadAcquired};
+pub use mutex::{RawMutex, RawMutexGuard};
+pub use rwlock::{RawReadGuard, RawRwLock, RawWriteGuard, ReadAcquired};
 
 use crate::sync::{Held, LockError, LockResult};
 

@@ -412,3 +412,50 @@ impl std::fmt::Debug for RawMutex {
             .finish_non_exhaustive()
     }
 }
+
+/// Holds a [`RawMutex`] that protects no data of its own (or data the holder
+/// reaches by other means); unlocks on drop, as a data guard does.
+#[must_use = "the mutex unlocks as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct RawMutexGuard<'a> {
+    raw: &'a RawMutex,
+    acquired: Acquired<'a>,
+}
+
+impl<'a> RawMutexGuard<'a> {
+    /// Locks `raw` (see [`RawMutex::lock`]) and wraps the acquisition.
+    ///
+    /// # Errors
+    ///
+    /// As [`RawMutex::lock`].
+    #[inline]
+    pub fn lock(
+        raw: &'a RawMutex,
+        cx: &'a impl Context,
+        deadline: Option<Instant>,
+    ) -> Result<Self, RawLockError> {
+        let acquired = raw.lock(cx, deadline)?;
+        Ok(Self { raw, acquired })
+    }
+
+    /// Whether the data is marked inconsistent (see [`Acquired::inconsistent`]).
+    pub fn inconsistent(&self) -> bool {
+        self.acquired.inconsistent()
+    }
+
+    /// Declares the data repaired (see [`RawMutex::make_consistent`]).
+    pub fn make_consistent(&mut self) {
+        // SAFETY: the guard holds `raw` through `acquired` (its constructors'
+        // contract), until its drop.
+        unsafe { self.raw.make_consistent(&mut self.acquired) }
+    }
+}
+
+impl Drop for RawMutexGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let acquired = std::mem::take(&mut self.acquired);
+        // SAFETY: the guard holds `raw` through `acquired`, taken out once, here.
+        unsafe { self.raw.unlock(acquired) }
+    }
+}

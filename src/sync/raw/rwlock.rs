@@ -608,3 +608,86 @@ fn withdraw(entry: &AtomicU64, inc: u64) {
         }
     }
 }
+
+/// A read share of a [`RawRwLock`] that protects no data of its own; released
+/// on drop.
+#[must_use = "the read lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct RawReadGuard<'a, const R: usize> {
+    raw: &'a RawRwLock<R>,
+    share: std::mem::ManuallyDrop<ReadAcquired<'a>>,
+}
+
+impl<'a, const R: usize> RawReadGuard<'a, R> {
+    /// Takes a read share of `raw` (see [`RawRwLock::read`]) and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// As [`RawRwLock::read`].
+    pub fn read(
+        raw: &'a RawRwLock<R>,
+        cx: &'a impl Context,
+        deadline: Option<Instant>,
+    ) -> Result<Self, RawLockError> {
+        let share = raw.read(cx, deadline)?;
+        Ok(Self {
+            raw,
+            share: std::mem::ManuallyDrop::new(share),
+        })
+    }
+}
+
+impl<const R: usize> Drop for RawReadGuard<'_, R> {
+    fn drop(&mut self) {
+        // SAFETY: taken out once, here; the field is not used afterwards.
+        let share = unsafe { std::mem::ManuallyDrop::take(&mut self.share) };
+        // SAFETY: the guard holds `share` of `raw`, released once, here.
+        unsafe { self.raw.unlock_read(share) }
+    }
+}
+
+/// The write lock of a [`RawRwLock`] that protects no data of its own; released
+/// on drop.
+#[must_use = "the write lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct RawWriteGuard<'a, const R: usize> {
+    raw: &'a RawRwLock<R>,
+    acquired: Acquired<'a>,
+}
+
+impl<'a, const R: usize> RawWriteGuard<'a, R> {
+    /// Takes the write lock of `raw` (see [`RawRwLock::write`]) and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// As [`RawRwLock::write`].
+    pub fn write(
+        raw: &'a RawRwLock<R>,
+        cx: &'a impl Context,
+        deadline: Option<Instant>,
+    ) -> Result<Self, RawLockError> {
+        let acquired = raw.write(cx, deadline)?;
+        Ok(Self { raw, acquired })
+    }
+
+    /// Whether the data is marked inconsistent (a writer died mid-update).
+    pub fn inconsistent(&self) -> bool {
+        self.acquired.inconsistent()
+    }
+
+    /// Declares the data repaired (see [`RawRwLock::make_consistent`]).
+    pub fn make_consistent(&mut self) {
+        // SAFETY: the guard holds `raw`'s write lock through `acquired` until its
+        // drop.
+        unsafe { self.raw.make_consistent(&mut self.acquired) }
+    }
+}
+
+impl<const R: usize> Drop for RawWriteGuard<'_, R> {
+    fn drop(&mut self) {
+        let acquired = std::mem::take(&mut self.acquired);
+        // SAFETY: the guard holds `raw`'s write lock through `acquired`, taken out
+        // once, here.
+        unsafe { self.raw.unlock_write(acquired) }
+    }
+}
