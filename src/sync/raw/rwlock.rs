@@ -244,6 +244,7 @@ impl<const READERS: usize> RawRwLock<READERS> {
     /// # Safety
     ///
     /// `share` came from this lock's `read` or `try_read` and was not released yet.
+    #[inline]
     pub unsafe fn unlock_read(&self, share: ReadAcquired<'_>) {
         // Withdraw the share we announced (never another incarnation's).
         withdraw(share.entry, share.inc);
@@ -361,7 +362,9 @@ impl<const READERS: usize> RawRwLock<READERS> {
     }
 
     /// The read side: announce, look at `state`, withdraw and wait while a
-    /// writer is there.
+    /// writer is there. Inlined: a share returned through memory and repacked
+    /// into the caller's guard costs a store-forwarding stall per read.
+    #[inline]
     fn read_deadline<'a>(
         &'a self,
         cx: &'a impl Context,
