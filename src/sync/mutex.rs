@@ -47,6 +47,10 @@ pub struct Mutex<T> {
     data: UnsafeCell<T>,
 }
 
+// The data follows the 16-byte word, as before the split.
+#[cfg(not(shmkit_loom))]
+const _: () = assert!(std::mem::offset_of!(Mutex<u64>, data) == 16);
+
 // SAFETY: repr(C); the lock word (ShmSafe: every bit pattern of its words is a
 // state the algorithm handles) and the data, which is ShmSafe; the shim's
 // UnsafeCell is repr(transparent) over T. The layout is the one before the split:

@@ -44,6 +44,10 @@ pub struct RwLock<T, const READERS: usize = 128> {
     data: UnsafeCell<T>,
 }
 
+// The data follows the reader entries, as before the split.
+#[cfg(not(shmkit_loom))]
+const _: () = assert!(std::mem::offset_of!(RwLock<u64, 128>, data) == 24 + 8 * 128);
+
 // SAFETY: repr(C): the lock words (ShmSafe: atomics, every bit pattern handled)
 // and the ShmSafe data in a repr(transparent) UnsafeCell. The layout is the one
 // before the split: the raw words' 24 + 8 * R bytes (align 8, no tail padding),

@@ -14,7 +14,7 @@
 //!
 //! # With a ledger (`LEDGER = n`)
 //!
-//! Every acquire and release runs under an internal robust [`Mutex`] and updates
+//! Every acquire and release runs under an internal robust [`RawMutex`] and updates
 //! both `count` and the holder's ledger entry (indexed by registry slot: incarnation
 //! bits and a count in one word). The invariant `count + Σ ledger = total` holds
 //! whenever the mutex is free, so:

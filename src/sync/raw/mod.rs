@@ -12,7 +12,7 @@
 //!   `Acquired` came from this lock.
 //!
 //! The data wrappers (`Mutex<T>`, `RwLock<T, R>`) turn an inconsistent
-//! acquisition into [`LockError::OwnerDied`](crate::sync::LockError::OwnerDied)
+//! acquisition into [`LockError::OwnerDied`]
 //! carrying their guard; the crate's internal locks, which protect no data of
 //! their own (the heap's page and transfer locks, the semaphore's ledger lock),
 //! use the raw words with the small RAII guards [`RawMutexGuard`],

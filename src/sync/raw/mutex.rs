@@ -89,6 +89,15 @@ pub struct RawMutex {
     _reserved: AtomicU32,
 }
 
+// The segment layout: `word` at 0, `seq` at 8, 16 bytes in all (as `Mutex<T>`'s
+// head before the split; a data wrapper's data follows at 16).
+#[cfg(not(shmkit_loom))]
+const _: () = {
+    assert!(std::mem::size_of::<RawMutex>() == 16);
+    assert!(std::mem::align_of::<RawMutex>() == 8);
+    assert!(std::mem::offset_of!(RawMutex, seq) == 8);
+};
+
 // SAFETY: repr(C); two atomics and a reserved atomic; every bit pattern of the
 // words is a state the algorithm handles (see the state table).
 unsafe impl ShmSafe for RawMutex {}

@@ -85,6 +85,17 @@ pub struct RawRwLock<const READERS: usize> {
     readers: [AtomicU64; READERS],
 }
 
+// The segment layout: `state` at 0, `seq` at 8, `drain` at 16, the reader
+// entries from 24 (the fuzz harness and hostile tests poke entries there).
+#[cfg(not(shmkit_loom))]
+const _: () = {
+    assert!(std::mem::size_of::<RawRwLock<128>>() == 24 + 8 * 128);
+    assert!(std::mem::align_of::<RawRwLock<128>>() == 8);
+    assert!(std::mem::offset_of!(RawRwLock<128>, seq) == 8);
+    assert!(std::mem::offset_of!(RawRwLock<128>, drain) == 16);
+    assert!(std::mem::offset_of!(RawRwLock<128>, readers) == 24);
+};
+
 // SAFETY: repr(C): atomics and an array of atomics; every bit pattern of the
 // words is handled.
 unsafe impl<const R: usize> ShmSafe for RawRwLock<R> {}
