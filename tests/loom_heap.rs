@@ -68,7 +68,7 @@ fn arena(n: u64, per_batch: u64) -> Arc<Arena> {
         owners: (0..n).map(|_| AtomicU64::new(FREE_WORD)).collect(),
         n,
         head: AtomicTagged::new(Tagged::from_bits(0)),
-        rw: TransferLock::new(()),
+        rw: TransferLock::new(),
     };
     let ids: Vec<u64> = (0..n).rev().collect();
     for chunk in ids.chunks(per_batch as usize) {

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 
 use crate::loom::{AtomicU64, Ordering};
 use crate::segment::Segment;
-use crate::sync::{LockError, MutexGuard};
+use crate::sync::raw::RawMutexGuard;
 use crate::{Error, Offset, OwnerTag, PAGE_SIZE, Result};
 
 use super::class::{CLASSES, GEOMETRY, class_of};
@@ -271,20 +271,21 @@ impl Heap {
 
     /// Takes the page lock (waiting [`LOCK_WAIT`] at most), replaying the journal
     /// of a holder that died.
-    pub(crate) fn page_lock(&self) -> Result<MutexGuard<'_, ()>> {
+    pub(crate) fn page_lock(&self) -> Result<RawMutexGuard<'_>> {
         self.page_lock_until(Deadline::after(LOCK_WAIT))
     }
 
     /// As [`page_lock`](Self::page_lock), waiting until `d` at the latest.
-    fn page_lock_until(&self, d: Deadline) -> Result<MutexGuard<'_, ()>> {
-        match self.mem.hdr().page_lock.lock_until(&self.mem.seg, d.at()) {
-            Ok(g) => Ok(g),
-            Err(LockError::OwnerDied(mut g)) => {
-                pages::replay(&self.mem);
-                g.make_consistent();
+    fn page_lock_until(&self, d: Deadline) -> Result<RawMutexGuard<'_>> {
+        match RawMutexGuard::lock(&self.mem.hdr().page_lock, &self.mem.seg, Some(d.at())) {
+            Ok(mut g) => {
+                if g.inconsistent() {
+                    pages::replay(&self.mem);
+                    g.make_consistent();
+                }
                 Ok(g)
             }
-            Err(e) => Err(lock_error("the heap's page lock", e.map(|_| ()), d)),
+            Err(e) => Err(lock_error("the heap's page lock", e.into_lock_error(), d)),
         }
     }
 
@@ -1113,7 +1114,6 @@ fn not_attached() -> Error {
     Error::InvalidArgument("this handle acts for no registry slot (forked without after_fork?)")
 }
 
-#[allow(dead_code)]
 const _: () = assert!(FREE == 1);
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use crate::loom::Ordering;
-use crate::sync::{Context, LockError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::raw::{RawLockError, RawReadGuard, RawRwLock, RawWriteGuard};
+use crate::sync::{Context, LockError};
 use crate::{AtomicTagged, Error, OwnerTag, Result};
 
 use super::class::{CLASSES, GEOMETRY};
@@ -77,15 +78,16 @@ impl Deadline {
 pub const TRANSFER_READERS: usize = 128;
 
 /// The transfer lock's type.
-pub type TransferLock = RwLock<(), TRANSFER_READERS>;
+pub type TransferLock = RawRwLock<TRANSFER_READERS>;
 
 /// A held transfer lock: read mode normally, write mode for slots without a reader
-/// entry.
-pub enum TransferGuard<'a> {
-    /// Shared with other transfers.
-    Read(#[allow(dead_code)] RwLockReadGuard<'a, (), TRANSFER_READERS>),
-    /// Exclusive.
-    Write(#[allow(dead_code)] RwLockWriteGuard<'a, (), TRANSFER_READERS>),
+/// entry (exactly one of the two is set); released on drop.
+#[must_use = "the transfer lock is released as soon as the guard is dropped"]
+pub struct TransferGuard<'a> {
+    /// Shared with other transfers (held for its drop).
+    _read: Option<RawReadGuard<'a, TRANSFER_READERS>>,
+    /// Exclusive (held for its drop).
+    _write: Option<RawWriteGuard<'a, TRANSFER_READERS>>,
 }
 
 /// The transfer lock's name in errors.
@@ -104,10 +106,18 @@ pub fn transfer_lock<'a, C: Context>(
     cx: &'a C,
     d: Deadline,
 ) -> Result<TransferGuard<'a>> {
-    match rw.read_until(cx, d.at()) {
-        Ok(g) | Err(LockError::OwnerDied(g)) => Ok(TransferGuard::Read(g)),
-        Err(LockError::NoReaderEntry { .. }) => exclusive(rw, cx, d).map(TransferGuard::Write),
-        Err(e) => Err(lock_error(TRANSFER, e.map(|_| ()), d)),
+    // A share taken from a dead writer is fine (inconsistent or not): what it
+    // left half-done is what the next `reclaim` repairs.
+    match RawReadGuard::read(rw, cx, Some(d.at())) {
+        Ok(g) => Ok(TransferGuard {
+            _read: Some(g),
+            _write: None,
+        }),
+        Err(RawLockError::NoReaderEntry { .. }) => Ok(TransferGuard {
+            _read: None,
+            _write: Some(exclusive(rw, cx, d)?),
+        }),
+        Err(e) => Err(lock_error(TRANSFER, e.into_lock_error(), d)),
     }
 }
 
@@ -124,14 +134,15 @@ pub fn exclusive<'a, C: Context>(
     rw: &'a TransferLock,
     cx: &'a C,
     d: Deadline,
-) -> Result<RwLockWriteGuard<'a, (), TRANSFER_READERS>> {
-    match rw.write_until(cx, d.at()) {
-        Ok(g) => Ok(g),
-        Err(LockError::OwnerDied(mut g)) => {
-            g.make_consistent();
+) -> Result<RawWriteGuard<'a, TRANSFER_READERS>> {
+    match RawWriteGuard::write(rw, cx, Some(d.at())) {
+        Ok(mut g) => {
+            if g.inconsistent() {
+                g.make_consistent();
+            }
             Ok(g)
         }
-        Err(e) => Err(lock_error(TRANSFER, e.map(|_| ()), d)),
+        Err(e) => Err(lock_error(TRANSFER, e.into_lock_error(), d)),
     }
 }
 

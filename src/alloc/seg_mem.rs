@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use crate::loom::{AtomicU64, Ordering};
 use crate::segment::Segment;
-use crate::sync::Mutex;
+use crate::sync::raw::RawMutex;
 use crate::{AtomicTagged, Error, PAGE_SIZE, Result, Tagged};
 
 use super::class::{CLASSES, GEOMETRY, block_index};
@@ -58,7 +58,7 @@ pub struct HeapBody {
     /// Journal of the page table.
     pub journal: Journal,
     /// Serialises page-table changes.
-    pub page_lock: Mutex<()>,
+    pub page_lock: RawMutex,
     /// Read mode: free-list transfers. Write mode: reclaim, trim, verify.
     pub transfer: TransferLock,
     /// Free-list heads per class.
@@ -143,8 +143,8 @@ impl HeapBody {
             hwm: AtomicU64::new(0),
             free_pages: AtomicU64::new(0),
             journal: Journal::new(),
-            page_lock: Mutex::new(()),
-            transfer: TransferLock::new(()),
+            page_lock: RawMutex::new(),
+            transfer: TransferLock::new(),
             heads: std::array::from_fn(|_| Line {
                 head: AtomicTagged::new(Tagged::from_bits(0)),
             }),

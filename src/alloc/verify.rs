@@ -7,10 +7,10 @@
 //! tiling itself is broken, after which nothing beyond can be located).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::loom::Ordering;
-use crate::sync::LockError;
+use crate::sync::raw::{RawMutexGuard, RawWriteGuard};
 use crate::{OwnerTag, PAGE_SIZE, Result};
 
 use super::class::{GEOMETRY, SIZES};
@@ -402,19 +402,21 @@ impl Heap {
     /// See [`Heap`].
     pub fn verify(&self) -> Report {
         let seg = self.segment();
-        let w = match self.mem.hdr().transfer.write_for(seg, LOCK_WAIT) {
-            Ok(g) => Some(g),
-            Err(LockError::OwnerDied(mut g)) => {
+        let bound = Instant::now().checked_add(LOCK_WAIT);
+        let w = match RawWriteGuard::write(&self.mem.hdr().transfer, seg, bound) {
+            Ok(mut g) => {
                 g.make_consistent();
                 Some(g)
             }
             Err(_) => None,
         };
-        let p = match self.mem.hdr().page_lock.lock_for(seg, LOCK_WAIT) {
-            Ok(g) => Some(g),
-            Err(LockError::OwnerDied(mut g)) => {
-                pages::replay(&self.mem);
-                g.make_consistent();
+        let bound = Instant::now().checked_add(LOCK_WAIT);
+        let p = match RawMutexGuard::lock(&self.mem.hdr().page_lock, seg, bound) {
+            Ok(mut g) => {
+                if g.inconsistent() {
+                    pages::replay(&self.mem);
+                    g.make_consistent();
+                }
                 Some(g)
             }
             Err(_) => None,

@@ -14,6 +14,7 @@ pub mod futex;
 mod held;
 mod lock_error;
 mod mutex;
+pub(crate) mod raw;
 mod rwlock;
 mod semaphore;
 

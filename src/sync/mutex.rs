@@ -1,49 +1,6 @@
-//! `Mutex<T>`: a robust, process-shared mutual-exclusion lock.
-//!
-//! # Lock word (`word`, 64 bits)
-//!
-//! | bits   | meaning                                                        |
-//! |--------|----------------------------------------------------------------|
-//! | 0..46  | holder's incarnation bits ([`OwnerTag`]); 0 = names nobody      |
-//! | 46..62 | holder's registry slot                                          |
-//! | 62     | `WAITERS`: someone may be sleeping on `seq`                     |
-//! | 63     | `INCONSISTENT`: the data may be half-updated (holder died)      |
-//!
-//! | word                          | state                                        |
-//! |-------------------------------|----------------------------------------------|
-//! | `0`                           | unlocked                                     |
-//! | `tag [| WAITERS]`             | held by `tag`                                |
-//! | `tag | INCONSISTENT [| W]`    | held by `tag`, which got `OwnerDied`         |
-//! | `NOT_RECOVERABLE [| W]`       | a holder dropped an inconsistent guard       |
-//! | `ABANDONED [| W]`             | a holder panicked: next locker gets `OwnerDied` |
-//! | any other word naming nobody, or a dead holder | taken over by the next locker, who gets `OwnerDied` |
-//! | the locker's own tag, none of its attachment's threads taking or holding it | forged: `LockError::Corrupt` |
-//!
-//! Uncontended `lock` is one compare-and-swap `0 → tag` and `unlock` one swap to
-//! `0`: no syscall. Contended lockers spin briefly, then set `WAITERS` and sleep on
-//! the 32-bit futex word `seq`, which every unlock that saw `WAITERS` bumps before
-//! waking one sleeper. Sleeps are sliced (2 ms): between slices a waiter asks the
-//! registry whether the holder is alive, so a holder killed with SIGKILL is noticed
-//! within a few milliseconds, without any help from the dead.
-//!
-//! Every lock call enters the lock in its attachment's lock record first (a
-//! [`HeldLocks`](crate::sync::HeldLocks)) and leaves it after the release, so that a word
-//! naming the caller's own attachment can be told to be a hold by another of its
-//! threads (wait) or a forgery (fail at once). The CASes that put a tag in the
-//! word are therefore `AcqRel`: their release half publishes the entry.
-//!
-//! # A process dying inside each operation
-//!
-//! - in `lock` before its CAS, or while spinning or sleeping: nothing changed (a
-//!   `WAITERS` bit it set only costs one extra wake);
-//! - holding the lock (anywhere between its CAS and its unlock): the word names a
-//!   dead holder; the next locker takes it over with `OwnerDied`;
-//! - in `unlock` after its swap: the lock is free; a wake it did not make is made
-//!   up for by the sleepers' slices.
-//!
-//! The algorithm is the classic futex mutex (Drepper, "Futexes Are Tricky", 2011),
-//! with the holder's identity in the word as in the kernel's robust futexes, and
-//! liveness from shmkit's registry instead of the kernel's robust list.
+//! `Mutex<T>`: a robust, process-shared mutual-exclusion lock: a
+//! [`RawMutex`] word (its lock-word table, protocol and "a process dying inside
+//! each operation" are in `sync/raw/mutex.rs`) followed by the data.
 //!
 //! # Safety
 //!
@@ -56,23 +13,9 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::layout::{ShmSafe, ShmShared};
-use crate::loom::{AtomicU32, AtomicU64, Ordering, UnsafeCell, spin_loop};
-use crate::segment::OwnerTag;
-use crate::sync::futex;
-use crate::sync::{Context, Held, LockError, LockResult};
-
-/// Someone may be sleeping on `seq`.
-const WAITERS: u64 = 1 << 62;
-/// The protected data may be inconsistent.
-const INCONSISTENT: u64 = 1 << 63;
-/// A holder dropped an inconsistent guard: nobody may lock again.
-const NOT_RECOVERABLE: u64 = INCONSISTENT;
-/// A holder panicked: the next locker takes over with `OwnerDied`.
-const ABANDONED: u64 = INCONSISTENT | (0xffff << 46);
-/// Spins before sleeping (few under loom, where each spin is a scheduling point).
-const SPINS: u32 = if cfg!(shmkit_loom) { 2 } else { 64 };
-/// Longest sleep between two liveness checks of the holder.
-const LIVENESS_SLICE: Duration = Duration::from_millis(2);
+use crate::loom::UnsafeCell;
+use crate::sync::raw::{Acquired, RawLockError, RawMutex, to_lock_result};
+use crate::sync::{Context, LockError, LockResult};
 
 /// A robust mutual-exclusion lock protecting a `T`, placed in a segment and used by
 /// many processes.
@@ -100,18 +43,21 @@ const LIVENESS_SLICE: Duration = Duration::from_millis(2);
 /// ```
 #[repr(C)]
 pub struct Mutex<T> {
-    word: AtomicU64,
-    seq: AtomicU32,
-    _reserved: AtomicU32,
+    raw: RawMutex,
     data: UnsafeCell<T>,
 }
 
-// SAFETY: repr(C); two atomics, a reserved atomic and the data, which is ShmSafe;
-// the shim's UnsafeCell is repr(transparent) over T; every bit pattern of the words
-// is a state the algorithm handles (see the state table).
+// The data follows the 16-byte word, as before the split.
+#[cfg(not(shmkit_loom))]
+const _: () = assert!(std::mem::offset_of!(Mutex<u64>, data) == 16);
+
+// SAFETY: repr(C); the lock word (ShmSafe: every bit pattern of its words is a
+// state the algorithm handles) and the data, which is ShmSafe; the shim's
+// UnsafeCell is repr(transparent) over T. The layout is the one before the split:
+// the raw word's 16 bytes (align 8, no tail padding), then the data.
 unsafe impl<T: ShmSafe> ShmSafe for Mutex<T> {}
-// SAFETY: the words are atomics; the data sits in an UnsafeCell reached only
-// through a guard, that is while holding the lock.
+// SAFETY: the words are atomics (RawMutex is ShmShared); the data sits in an
+// UnsafeCell reached only through a guard, that is while holding the lock.
 unsafe impl<T: ShmSafe + Send> ShmShared for Mutex<T> {}
 // SAFETY: as std's Mutex: access to T is serialised by the lock.
 unsafe impl<T: Send> Sync for Mutex<T> {}
@@ -125,10 +71,10 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 #[must_use = "the mutex unlocks as soon as the guard is dropped"]
 pub struct MutexGuard<'a, T> {
     mutex: &'a Mutex<T>,
-    /// Our entry in the attachment's lock record, left after the release; its
-    /// owner bit says whether the data is marked inconsistent (so that the guard
-    /// stays two words).
-    held: Held<'a>,
+    /// Our hold of `mutex.raw` (its entry in the attachment's lock record, left
+    /// after the release, carries the "inconsistent" flag, so that the guard stays
+    /// two words).
+    acquired: Acquired<'a>,
     /// Makes the guard `Sync` only for `T: Sync` (as std's), `Send` for `T: Send`.
     _data: std::marker::PhantomData<&'a mut T>,
 }
@@ -139,9 +85,7 @@ impl<T> Mutex<T> {
     #[cfg(not(shmkit_loom))]
     pub const fn new(value: T) -> Self {
         Self {
-            word: AtomicU64::new(0),
-            seq: AtomicU32::new(0),
-            _reserved: AtomicU32::new(0),
+            raw: RawMutex::new(),
             data: UnsafeCell::new(value),
         }
     }
@@ -151,9 +95,7 @@ impl<T> Mutex<T> {
     #[cfg(shmkit_loom)]
     pub fn new(value: T) -> Self {
         Self {
-            word: AtomicU64::new(0),
-            seq: AtomicU32::new(0),
-            _reserved: AtomicU32::new(0),
+            raw: RawMutex::new(),
             data: UnsafeCell::new(value),
         }
     }
@@ -167,13 +109,11 @@ impl<T> Mutex<T> {
     /// used by nobody else until this returns; zeroed bytes are a valid `T`.
     pub(crate) unsafe fn init_in_place(at: std::ptr::NonNull<Self>) {
         let p = at.as_ptr();
-        // SAFETY: the caller's contract: in bounds, aligned, exclusive. Each atomic
-        // is written (never assumed from zero bytes: under loom an atomic is not
-        // its bytes).
+        // SAFETY: the caller's contract: in bounds, aligned, exclusive; the raw
+        // word's own contract is the same, for its part of the bytes. Under loom
+        // the data is written too (an UnsafeCell is not its bytes there).
         unsafe {
-            std::ptr::addr_of_mut!((*p).word).write(AtomicU64::new(0));
-            std::ptr::addr_of_mut!((*p).seq).write(AtomicU32::new(0));
-            std::ptr::addr_of_mut!((*p)._reserved).write(AtomicU32::new(0));
+            RawMutex::init_in_place(std::ptr::addr_of_mut!((*p).raw));
             #[cfg(shmkit_loom)]
             std::ptr::addr_of_mut!((*p).data).write(UnsafeCell::new(std::mem::zeroed()));
         }
@@ -210,32 +150,7 @@ impl<T> Mutex<T> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn reset<'a>(&'a self, cx: &'a impl Context) -> Option<MutexGuard<'a, T>> {
-        let me = cx.me().bits();
-        if OwnerTag::from_word(me).is_nobody() {
-            return None;
-        }
-        let held = Held::enter(cx.held_locks(), self.addr());
-        loop {
-            let w = self.word.load(Ordering::Relaxed);
-            if w & !WAITERS != NOT_RECOVERABLE {
-                return None;
-            }
-            // SYNC: Acquire pairs with the Release swap of the holder that left it
-            // not recoverable; Release publishes our lock-record entry (as every
-            // CAS that puts our tag in the word: see `sync::held`).
-            if self
-                .word
-                .compare_exchange(
-                    w,
-                    me | INCONSISTENT | (w & WAITERS),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                return Some(self.guard(true, held));
-            }
-        }
+        self.raw.reset(cx).map(|a| self.guard(a))
     }
 
     /// Locks, waiting as long as it takes for a live holder.
@@ -256,29 +171,14 @@ impl<T> Mutex<T> {
         self.lock_fast(cx, None)
     }
 
-    /// The uncontended path (one CAS), then the slow path with `deadline`.
+    /// The raw word's lock (the uncontended path is one CAS) with `deadline`.
     #[inline]
     fn lock_fast<'a>(
         &'a self,
         cx: &'a impl Context,
         deadline: Option<Instant>,
     ) -> LockResult<MutexGuard<'a, T>> {
-        let me = cx.me().bits();
-        let held = Held::enter(cx.held_locks(), self.addr());
-        // SYNC: Acquire pairs with the Release swap in MutexGuard::drop: the previous
-        // holder's writes to the data happen before ours. Release publishes our
-        // lock-record entry to whoever later reads our tag here (`sync::held`). A
-        // caller naming nobody goes to the slow path, which refuses it with
-        // NotAttached.
-        if !OwnerTag::from_word(me).is_nobody()
-            && self
-                .word
-                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Ok(self.guard(false, held));
-        }
-        self.lock_slow(cx, deadline, false, held)
+        self.wrap(self.raw.lock(cx, deadline))
     }
 
     /// Locks if that needs no waiting: free, or held by a dead holder (then
@@ -304,8 +204,7 @@ impl<T> Mutex<T> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn try_lock<'a>(&'a self, cx: &'a impl Context) -> LockResult<MutexGuard<'a, T>> {
-        let held = Held::enter(cx.held_locks(), self.addr());
-        self.lock_slow(cx, None, true, held)
+        self.wrap(self.raw.try_lock(cx))
     }
 
     /// Locks, waiting at most `timeout` for a live holder.
@@ -365,7 +264,7 @@ impl<T> Mutex<T> {
     /// assert!(!m.is_locked());
     /// ```
     pub fn is_locked(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & !WAITERS != 0
+        self.raw.is_locked()
     }
 
     /// Mutable access without locking, through exclusive ownership.
@@ -381,142 +280,23 @@ impl<T> Mutex<T> {
         self.data.with_mut(|p| unsafe { &mut *p })
     }
 
+    /// A guard over the acquisition `acquired` of `self.raw`.
     #[inline]
-    fn guard<'a>(&'a self, inconsistent: bool, mut held: Held<'a>) -> MutexGuard<'a, T> {
-        held.set_flag(inconsistent);
+    fn guard<'a>(&'a self, acquired: Acquired<'a>) -> MutexGuard<'a, T> {
         MutexGuard {
             mutex: self,
-            held,
+            acquired,
             _data: std::marker::PhantomData,
         }
     }
 
-    /// The lock's identity in a lock record.
+    /// A raw acquisition as this wrapper reports it (`OwnerDied` if inconsistent).
     #[inline]
-    fn addr(&self) -> usize {
-        std::ptr::from_ref(self).addr()
-    }
-
-    /// Everything but the uncontended fast path: take over from a dead holder,
-    /// spin, then sleep in liveness-checked slices.
-    #[cold]
-    fn lock_slow<'a>(
+    fn wrap<'a>(
         &'a self,
-        cx: &'a impl Context,
-        deadline: Option<Instant>,
-        try_only: bool,
-        mut held: Held<'a>,
-    ) -> LockResult<MutexGuard<'a, T>> {
-        let me = cx.me().bits();
-        if OwnerTag::from_word(me).is_nobody() {
-            return Err(LockError::NotAttached);
-        }
-        let mut spins = 0;
-        // After sleeping, keep WAITERS when acquiring: others may sleep too.
-        let mut keep_waiters = 0;
-        loop {
-            let w = self.word.load(Ordering::Relaxed);
-            if w == 0 {
-                held.trying(self.addr());
-                // SYNC: Acquire pairs with the Release swap in MutexGuard::drop;
-                // Release publishes our lock-record entry (as in lock_fast).
-                match self.word.compare_exchange(
-                    0,
-                    me | keep_waiters,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return Ok(self.guard(false, held)),
-                    Err(_) => continue,
-                }
-            }
-            if w & !WAITERS == NOT_RECOVERABLE {
-                return Err(LockError::NotRecoverable);
-            }
-            let owner = OwnerTag::from_word(w);
-            if owner.bits() == me {
-                // Our own attachment's tag: another of its threads holds it (wait),
-                // or nobody of ours does and a peer wrote it. Checked at first
-                // sight and after every sleep, not while spinning.
-                if (spins == 0 || spins >= SPINS) && held.forged(self.addr(), || self.names(me)) {
-                    return Err(LockError::Corrupt { word: w });
-                }
-            } else if (spins >= SPINS || try_only || owner.is_nobody()) && !cx.is_alive_owner(owner)
-            {
-                // The holder is gone: take over, marking the data suspect. Exactly one
-                // CAS from this word succeeds. SYNC: Acquire pairs with the dead
-                // holder's last Release (whatever it published before dying);
-                // Release publishes our lock-record entry (as in lock_fast).
-                let new = me | INCONSISTENT | (w & WAITERS);
-                held.trying(self.addr());
-                match self
-                    .word
-                    .compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed)
-                {
-                    Ok(_) => return Err(LockError::OwnerDied(self.guard(true, held))),
-                    Err(_) => continue,
-                }
-            }
-            if try_only {
-                return Err(LockError::WouldBlock);
-            }
-            // Neither holding nor about to CAS our tag in, until `trying` above.
-            held.waiting(self.addr());
-            if spins < SPINS {
-                spins += 1;
-                spin_loop();
-                continue;
-            }
-            // SYNC: Acquire keeps the WAITERS CAS below after this load, so a bump
-            // of `seq` by an unlock that saw WAITERS is either seen here or makes the
-            // futex wait return at once.
-            let s = self.seq.load(Ordering::Acquire);
-            // Always validate `w` after reading `seq` (also when WAITERS is already
-            // set): an unlock between our load of `w` and of `seq` must not leave us
-            // asleep on a free lock.
-            if self
-                .word
-                .compare_exchange(w, w | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
-            if !futex::wait(&self.seq, s, deadline, LIVENESS_SLICE) {
-                return Err(LockError::TimedOut);
-            }
-            keep_waiters = WAITERS;
-        }
-    }
-
-    /// Whether the word names `me` now. SYNC: Acquire pairs with the release CAS
-    /// that put our tag there, if one of our threads did: its lock-record entry is
-    /// then visible to the check that follows (`sync::held`).
-    #[cold]
-    fn names(&self, me: u64) -> bool {
-        OwnerTag::from_word(self.word.load(Ordering::Acquire)).bits() == me
-    }
-
-    /// Releases the lock, leaving `end` in the word (0, `NOT_RECOVERABLE` or
-    /// `ABANDONED`), and wakes sleepers.
-    #[inline]
-    fn release(&self, end: u64) {
-        // SYNC: Release pairs with the Acquire CAS in lock / lock_slow: our writes to
-        // the data happen before the next holder's.
-        let prev = self.word.swap(end, Ordering::Release);
-        if prev & WAITERS != 0 || end != 0 {
-            self.wake(end != 0);
-        }
-    }
-
-    #[cold]
-    fn wake(&self, all: bool) {
-        // SYNC: Release pairs with the Acquire load of `seq` in lock_slow.
-        self.seq.fetch_add(1, Ordering::Release);
-        if all {
-            futex::wake_all(&self.seq);
-        } else {
-            futex::wake_one(&self.seq);
-        }
+        r: Result<Acquired<'a>, RawLockError>,
+    ) -> Result<MutexGuard<'a, T>, LockError<MutexGuard<'a, T>>> {
+        to_lock_result(r, Acquired::inconsistent, |a| self.guard(a))
     }
 }
 
@@ -529,10 +309,7 @@ impl<T: Default> Default for Mutex<T> {
 impl<T> std::fmt::Debug for Mutex<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mutex")
-            .field(
-                "word",
-                &format_args!("{:#018x}", self.word.load(Ordering::Relaxed)),
-            )
+            .field("word", &format_args!("{:#018x}", self.raw.word()))
             .finish_non_exhaustive()
     }
 }
@@ -560,13 +337,8 @@ impl<'a, T> MutexGuard<'a, T> {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn make_consistent(&mut self) {
-        if self.held.flag() {
-            // The word is ours; only waiters may set WAITERS concurrently, hence
-            // the RMW. Relaxed: nothing is published by clearing the flag (the
-            // unlock's Release publishes the repaired data).
-            self.mutex.word.fetch_and(!INCONSISTENT, Ordering::Relaxed);
-            self.held.set_flag(false);
-        }
+        // SAFETY: the guard holds `mutex.raw` through `acquired` until its drop.
+        unsafe { self.mutex.raw.make_consistent(&mut self.acquired) }
     }
 
     /// The mutex this guard holds.
@@ -577,14 +349,14 @@ impl<'a, T> MutexGuard<'a, T> {
     /// Whether the data is still marked inconsistent (after `OwnerDied`, until
     /// [`make_consistent`](Self::make_consistent)).
     pub fn is_inconsistent(&self) -> bool {
-        self.held.flag()
+        self.acquired.inconsistent()
     }
 }
 
 impl<T> std::fmt::Debug for MutexGuard<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MutexGuard")
-            .field("inconsistent", &self.held.flag())
+            .field("inconsistent", &self.acquired.inconsistent())
             .finish_non_exhaustive()
     }
 }
@@ -622,9 +394,10 @@ impl<T> MutexGuard<'_, T> {
     /// ```
     pub fn abandon(self) {
         let mut this = std::mem::ManuallyDrop::new(self);
-        this.mutex.release(ABANDONED);
-        // Leave the lock record after the release (as a drop does).
-        drop(std::mem::take(&mut this.held));
+        let acquired = std::mem::take(&mut this.acquired);
+        // SAFETY: the guard held `mutex.raw` through `acquired`, taken out once
+        // here (the guard is not dropped: ManuallyDrop).
+        unsafe { this.mutex.raw.abandon(acquired) }
     }
 }
 
@@ -637,13 +410,10 @@ impl<T> crate::sync::Abandon for MutexGuard<'_, T> {
 impl<T> Drop for MutexGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        let end = if std::thread::panicking() {
-            ABANDONED
-        } else if self.held.flag() {
-            NOT_RECOVERABLE
-        } else {
-            0
-        };
-        self.mutex.release(end);
+        let acquired = std::mem::take(&mut self.acquired);
+        // SAFETY: the guard holds `mutex.raw` through `acquired`, taken out once,
+        // here. Unlocking while panicking abandons (the next locker gets
+        // `OwnerDied`); an inconsistent hold leaves the mutex not recoverable.
+        unsafe { self.mutex.raw.unlock(acquired) }
     }
 }

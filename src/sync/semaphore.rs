@@ -14,7 +14,7 @@
 //!
 //! # With a ledger (`LEDGER = n`)
 //!
-//! Every acquire and release runs under an internal robust [`Mutex`] and updates
+//! Every acquire and release runs under an internal robust [`RawMutex`] and updates
 //! both `count` and the holder's ledger entry (indexed by registry slot: incarnation
 //! bits and a count in one word). The invariant `count + Σ ledger = total` holds
 //! whenever the mutex is free, so:
@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use crate::layout::{ShmSafe, ShmShared};
 use crate::loom::{AtomicU32, AtomicU64, Ordering};
 use crate::segment::OwnerTag;
-use crate::sync::{Context, LockError, Mutex, futex};
+use crate::sync::raw::{RawLockError, RawMutex, RawMutexGuard};
+use crate::sync::{Context, futex};
 
 /// Longest single sleep (waits re-check, and reclaim dead holders, between slices).
 const SLICE: Duration = Duration::from_millis(2);
@@ -97,16 +98,16 @@ pub struct Semaphore<const LEDGER: usize = 0> {
     _reserved1: AtomicU32,
     total: AtomicU32,
     _reserved: AtomicU32,
-    lock: Mutex<()>,
+    lock: RawMutex,
     ledger: [AtomicU64; LEDGER],
 }
 
 #[allow(unsafe_code)] // marker impl only
-// SAFETY: repr(C); atomics, a Mutex<()> (ShmSafe) and an array of atomics; every
+// SAFETY: repr(C); atomics, a RawMutex (ShmSafe) and an array of atomics; every
 // bit pattern is handled (counts are clamped, entries checked against the registry).
 unsafe impl<const L: usize> ShmSafe for Semaphore<L> {}
 #[allow(unsafe_code)] // marker impl only
-// SAFETY: atomics and a Mutex<()>, itself ShmShared.
+// SAFETY: atomics and a RawMutex, itself ShmShared.
 unsafe impl<const L: usize> ShmShared for Semaphore<L> {}
 
 impl Semaphore<0> {
@@ -145,7 +146,7 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
             _reserved1: AtomicU32::new(0),
             total: AtomicU32::new(permits.min(PERMITS)),
             _reserved: AtomicU32::new(0),
-            lock: Mutex::new(()),
+            lock: RawMutex::new(),
             ledger: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -407,43 +408,50 @@ impl<const LEDGER: usize> Semaphore<LEDGER> {
         cx: &'a impl Context,
         deadline: Option<Instant>,
         try_only: bool,
-    ) -> Result<crate::sync::MutexGuard<'a, ()>, SemaphoreError> {
+    ) -> Result<RawMutexGuard<'a>, SemaphoreError> {
         // `try_acquire` may wait a moment for the internal lock (held by a live
         // peer for a few instructions), not for a permit.
         let r = if try_only {
-            match self.lock.lock_for(cx, Duration::from_millis(1)) {
-                Err(LockError::TimedOut) => Err(LockError::WouldBlock),
+            let moment = Instant::now().checked_add(Duration::from_millis(1));
+            match RawMutexGuard::lock(&self.lock, cx, moment) {
+                Err(RawLockError::TimedOut) => Err(RawLockError::WouldBlock),
                 r => r,
             }
-        } else if let Some(d) = deadline {
-            self.lock.lock_until(cx, d)
         } else {
-            self.lock.lock(cx)
+            RawMutexGuard::lock(&self.lock, cx, deadline)
         };
         match r {
-            Ok(g) => Ok(g),
-            Err(LockError::OwnerDied(mut g)) => {
-                let held: u64 = self
-                    .ledger
-                    .iter()
-                    .map(|e| e.load(Ordering::Relaxed) & COUNT_MASK)
-                    .sum();
-                let total = u64::from(self.total.load(Ordering::Relaxed));
-                let permits = (total.saturating_sub(held) as u32).min(PERMITS);
-                let _ = self
-                    .count
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                        Some((c & SLEEPERS) | permits)
-                    });
-                g.make_consistent();
+            Ok(mut g) => {
+                if g.inconsistent() {
+                    self.repair_count();
+                    g.make_consistent();
+                }
                 Ok(g)
             }
-            Err(LockError::WouldBlock) => Err(SemaphoreError::WouldBlock),
-            Err(LockError::TimedOut) => Err(SemaphoreError::TimedOut),
+            Err(RawLockError::WouldBlock) => Err(SemaphoreError::WouldBlock),
+            Err(RawLockError::TimedOut) => Err(SemaphoreError::TimedOut),
             // Always made consistent above and never held across a panic, so it is
             // not recoverable only if a peer corrupted it.
             Err(_) => Err(SemaphoreError::Corrupt),
         }
+    }
+
+    /// Under the ledger lock taken over from a dead holder: rebuilds `count` from
+    /// the invariant `count + Σ ledger = total`.
+    #[cold]
+    fn repair_count(&self) {
+        let held: u64 = self
+            .ledger
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed) & COUNT_MASK)
+            .sum();
+        let total = u64::from(self.total.load(Ordering::Relaxed));
+        let permits = (total.saturating_sub(held) as u32).min(PERMITS);
+        let _ = self
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some((c & SLEEPERS) | permits)
+            });
     }
 
     fn acquire_deadline(
