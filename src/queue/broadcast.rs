@@ -397,9 +397,10 @@ impl<'a> RawBroadcast<'a> {
         // SYNC: Release pairs with the Acquire in `head` (joining and lagging
         // readers, the next writer).
         self.header.head.store(n + 1, Ordering::Release);
-        // SYNC: the SeqCst fence and the sleeping reader's SeqCst fetch_or of the
-        // bell in `prepare_sleep` order themselves: either we see its waiting bit
-        // below, or its re-check after setting the bit sees our sequence store.
+        // SYNC: this SeqCst fence and the one a sleeping reader takes after
+        // setting the bell's waiting bit in `prepare_sleep` order themselves:
+        // either we see its waiting bit below, or its re-check sees our sequence
+        // store.
         fence(Ordering::SeqCst);
         if self.header.bell.load(Ordering::Relaxed) & 1 != 0 {
             self.ring_bell(generation);
@@ -499,8 +500,15 @@ impl<'a> RawBroadcast<'a> {
     /// A reader about to sleep: sets the bell's waiting bit and returns the value
     /// to wait on (the reader re-checks for a message before it waits).
     pub fn prepare_sleep(&self) -> u32 {
-        // SYNC: SeqCst pairs with the writer's SeqCst fence in `send` (see there).
-        self.header.bell.fetch_or(1, Ordering::SeqCst) | 1
+        let expected = self.header.bell.fetch_or(1, Ordering::SeqCst) | 1;
+        // SYNC: this SeqCst fence and the writer's in `send` order themselves in
+        // the single total order: if ours comes first, the writer's bell load
+        // after its fence sees our waiting bit; if the writer's comes first, our
+        // re-check's sequence load after this fence sees its sequence store. (The
+        // SeqCst RMW alone does not order our later Acquire load: loom finds the
+        // lost wake-up without this fence.)
+        fence(Ordering::SeqCst);
+        expected
     }
 
     /// The bell (the futex word readers sleep on).
