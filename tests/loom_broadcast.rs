@@ -84,11 +84,10 @@ fn a_reader_racing_the_writer_sees_whole_messages_and_counts_the_rest() {
             });
             let raw = ring.raw();
             let p0 = proc(&reg, 0);
-            let mut next = raw.claim_writer(&p0).unwrap();
+            let first = raw.claim_writer(&p0).unwrap();
             let mut bell = raw.bell_generation();
-            for _ in 0..3 {
-                raw.send(next, msg(next, 0), &mut bell);
-                next += 1;
+            for n in first..first + 3 {
+                raw.send(n, msg(n, 0), &mut bell);
             }
             let (mut at, mut got, mut lost) = reader.join().unwrap();
             drain(&raw, &mut at, &mut got, &mut lost);
