@@ -264,6 +264,23 @@ pub enum Error {
     #[doc(hidden)]
     #[error("simulated crash (test support)")]
     SimulatedCrash,
+    /// A queue role (producer, consumer) is held by a live process: a second
+    /// claimant is refused (a dead holder's role is taken over instead).
+    #[error("the {role} role is held by the live owner {holder:#x} (registry slot {slot})")]
+    RoleTaken {
+        /// Which role.
+        role: &'static str,
+        /// The holder's owner tag bits (see [`OwnerTag`](crate::OwnerTag)).
+        holder: u64,
+        /// The holder's registry slot.
+        slot: u32,
+    },
+    /// The other side of a queue died while this call waited on it.
+    #[error("the {role} of the queue died")]
+    PeerDied {
+        /// The role of the peer that died.
+        role: &'static str,
+    },
     /// An internal lock stayed held by a live process past shmkit's wait bound
     /// (a peer stopped, or stuck, while holding it).
     #[error("{what} stayed held by a live process for {waited:?}")]

@@ -103,6 +103,9 @@ pub mod testkit {
     pub fn registry_slot_offset(seg: &crate::Segment, slot: u32) -> Option<u64> {
         seg.registry_slot_offset(slot)
     }
+
+    pub use crate::directory::spsc_set_indices;
+    pub use crate::queue::{LocalSpsc, wake_count as queue_wake_count};
 }
 mod layout;
 // The one door for atomics, UnsafeCell and futexes; public only to loom models.
@@ -113,6 +116,7 @@ pub mod loom;
 mod loom;
 mod object;
 mod ptr;
+pub mod queue;
 mod segment;
 pub mod sync;
 

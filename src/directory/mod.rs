@@ -55,6 +55,7 @@ mod entry;
 pub(crate) mod inspect;
 mod locks;
 pub(crate) mod protocol;
+mod queues;
 mod shared;
 mod table;
 #[cfg(all(test, not(shmkit_loom)))]
@@ -69,6 +70,8 @@ use crate::segment::Segment;
 use crate::{Error, OwnerTag, Result};
 
 pub use entry::MAX_NAME;
+#[cfg(feature = "testkit")]
+pub use queues::spsc_set_indices;
 pub use shared::Shared;
 use table::{Locked, creator_alive};
 

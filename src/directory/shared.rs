@@ -155,6 +155,12 @@ impl<T: ShmObject> Shared<T> {
         self
     }
 
+    /// The object's pointer, with the provenance of the whole block (objects
+    /// larger than their type reach past `&T` through it).
+    pub(crate) fn as_non_null(&self) -> NonNull<T> {
+        self.ptr
+    }
+
     /// Gives up this attachment's hold on the entry (the last handle's drop).
     fn release_hold(&self) -> Result<()> {
         let me = self.seg.owner_tag();
