@@ -104,7 +104,7 @@ pub mod testkit {
         seg.registry_slot_offset(slot)
     }
 
-    pub use crate::directory::spsc_set_indices;
+    pub use crate::directory::{spsc_set_indices, spsc_set_roles, spsc_waiters};
     pub use crate::queue::{LocalSpsc, wake_count as queue_wake_count};
 }
 mod layout;

@@ -71,7 +71,7 @@ use crate::{Error, OwnerTag, Result};
 
 pub use entry::MAX_NAME;
 #[cfg(feature = "testkit")]
-pub use queues::spsc_set_indices;
+pub use queues::{spsc_set_indices, spsc_set_roles, spsc_waiters};
 pub use shared::Shared;
 use table::{Locked, creator_alive};
 

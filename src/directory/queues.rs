@@ -119,3 +119,20 @@ impl<T: ShmSafe + Copy + Send> Shared<SpscQueue<T>> {
 pub fn spsc_set_indices<T: ShmSafe + Copy + Send>(q: &Shared<SpscQueue<T>>, tail: u64, head: u64) {
     q.raw_spsc().set_indices(tail, head);
 }
+
+/// Overwrites a queue's role words, as a peer could (test support).
+#[cfg(feature = "testkit")]
+pub fn spsc_set_roles<T: ShmSafe + Copy + Send>(
+    q: &Shared<SpscQueue<T>>,
+    producer: u64,
+    consumer: u64,
+) {
+    q.raw_spsc().set_roles(producer, consumer);
+}
+
+/// A queue's waiter flags, (producer's, consumer's): non-zero while that side
+/// sleeps or is about to (test support).
+#[cfg(feature = "testkit")]
+pub fn spsc_waiters<T: ShmSafe + Copy + Send>(q: &Shared<SpscQueue<T>>) -> (u32, u32) {
+    q.raw_spsc().waiters()
+}

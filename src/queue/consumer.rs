@@ -48,6 +48,8 @@ pub struct Consumer<T: ShmSafe + Copy + Send> {
     cx: Box<dyn Context + Send + Sync>,
     /// What keeps the block mapped and held (the directory handle).
     _keep: Box<dyn Send + Sync>,
+    /// Dropped as a killed process's handle: the role is not given back.
+    dead: bool,
 }
 
 // SAFETY: as for Producer.
@@ -77,6 +79,7 @@ impl<T: ShmSafe + Copy + Send> Consumer<T> {
             me,
             cx,
             _keep: keep,
+            dead: false,
         })
     }
 
@@ -315,11 +318,25 @@ impl<T: ShmSafe + Copy + Send> Consumer<T> {
     }
 }
 
+impl<T: ShmSafe + Copy + Send> Consumer<T> {
+    /// Test support: drops the handle as a killed process would, keeping the
+    /// role recorded as this attachment's (its segment handles are dropped, so
+    /// the attachment can then `simulate_crash`).
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn simulate_death(mut self) {
+        self.dead = true;
+    }
+}
+
 impl<T: ShmSafe + Copy + Send> Drop for Consumer<T> {
     fn drop(&mut self) {
         #[cfg(shmkit_loom)]
         if crate::loom::crash::dead() {
             return; // a dead thread releases nothing
+        }
+        if self.dead {
+            return;
         }
         self.raw.release(Side::Consumer, self.me);
     }

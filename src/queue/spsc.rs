@@ -323,6 +323,22 @@ impl<T: ShmSafe + Copy + Send> RawSpsc<T> {
         self.head().store(head, Ordering::Release);
     }
 
+    /// The waiter flags (producer's, consumer's), for tests.
+    #[cfg(feature = "testkit")]
+    pub(crate) fn waiters(&self) -> (u32, u32) {
+        (
+            self.sleeps(Side::Producer).load(Ordering::Relaxed),
+            self.sleeps(Side::Consumer).load(Ordering::Relaxed),
+        )
+    }
+
+    /// Overwrites both role words, as a peer could (test support).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn set_roles(&self, producer: u64, consumer: u64) {
+        self.role(Side::Producer).store(producer, Ordering::Release);
+        self.role(Side::Consumer).store(consumer, Ordering::Release);
+    }
+
     /// Claims `side` for `cx`: free, or held by a dead owner (taken over).
     ///
     /// # Errors
@@ -431,9 +447,10 @@ impl<T: ShmSafe + Copy + Send> RawSpsc<T> {
                     role: side.other().name(),
                 });
             }
-            let more = futex::wait(flag, 1, deadline, SLICE);
-            flag.store(0, Ordering::Relaxed);
-            if !more {
+            // The flag stays set across slices (a waker clears it): a publish
+            // after a slice timed out still sees a sleeper.
+            if !futex::wait(flag, 1, deadline, SLICE) {
+                flag.store(0, Ordering::Relaxed);
                 return ready();
             }
         }
@@ -448,19 +465,22 @@ fn corrupt_indices(tail: u64, head: u64, cap: u64) -> Error {
     )
 }
 
-/// Wake syscalls made by queues in this process (test support).
+// Wake syscalls made by queues on this thread (test support): per thread, so that
+// a test counting its own wakes is not disturbed by tests running beside it.
 #[cfg(feature = "testkit")]
-#[allow(clippy::disallowed_types)]
-static WAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+std::thread_local! {
+    static WAKES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 #[inline]
 fn count_wake() {
     #[cfg(feature = "testkit")]
-    WAKES.fetch_add(1, Ordering::Relaxed);
+    WAKES.with(|w| w.set(w.get() + 1));
 }
 
-/// Wake syscalls made by queues in this process so far (test support).
+/// Wake syscalls made by queue operations on the calling thread so far (test
+/// support).
 #[cfg(feature = "testkit")]
 pub fn wake_count() -> u64 {
-    WAKES.load(Ordering::Relaxed)
+    WAKES.with(|w| w.get())
 }
