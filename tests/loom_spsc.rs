@@ -218,3 +218,23 @@ fn producer_and_consumer_sleeping_in_turn_are_always_woken() {
         t.join().unwrap();
     });
 }
+
+#[test]
+fn of_two_racing_claimants_exactly_one_gets_the_role() {
+    set_blocking(true);
+    loom::model(|| {
+        let reg = Registry::new();
+        let q = LocalSpsc::<u32>::new(1).unwrap();
+        let (q1, p1) = (q.clone(), proc(&reg, 1));
+        // Each holds what it got until both have tried.
+        let t = thread::spawn(move || q1.producer(p1));
+        let mine = q.producer(proc(&reg, 0));
+        let theirs = t.join().unwrap();
+        assert!(
+            mine.is_ok() != theirs.is_ok(),
+            "mine {:?}, theirs {:?}",
+            mine.is_ok(),
+            theirs.is_ok()
+        );
+    });
+}
