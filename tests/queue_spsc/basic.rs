@@ -248,3 +248,50 @@ fn threads_stream_a_million_messages_in_order() {
     t.join().unwrap();
     assert_eq!(rx.pop().unwrap(), None);
 }
+
+#[test]
+fn arbitrary_index_and_role_words_give_errors_never_a_panic_or_a_hang() {
+    let seg = seg();
+    let q = seg.find_or_create::<SpscQueue<u64>>("q", 4).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Mostly small numbers (near each other), sometimes anything.
+        if x % 3 == 0 { x } else { x % 16 }
+    };
+    let ok = |e: &Error| {
+        matches!(
+            e,
+            Error::Corrupt { .. }
+                | Error::RoleTaken { .. }
+                | Error::TimedOut
+                | Error::PeerDied { .. }
+        )
+    };
+    for _ in 0..2000 {
+        spsc_set_indices(&q, next(), next());
+        shmkit::testkit::spsc_set_roles(&q, next() << 40, next() << 40);
+        assert!(q.len() <= 4);
+        if let Ok(mut tx) = q.producer().map_err(|e| assert!(ok(&e), "{e}")) {
+            let _ = tx.try_push(1);
+            let _ = tx
+                .push_slice(&[1, 2, 3])
+                .map_err(|e| assert!(ok(&e), "{e}"));
+            let _ = tx
+                .push_blocking_for(2, std::time::Duration::from_millis(1))
+                .map_err(|e| assert!(ok(&e), "{e}"));
+            assert!(tx.len() <= 4);
+        }
+        spsc_set_indices(&q, next(), next());
+        if let Ok(mut rx) = q.consumer().map_err(|e| assert!(ok(&e), "{e}")) {
+            let _ = rx.pop().map_err(|e| assert!(ok(&e), "{e}"));
+            let _ = rx.pop_into(&mut [0; 3]).map_err(|e| assert!(ok(&e), "{e}"));
+            let _ = rx
+                .pop_blocking_for(std::time::Duration::from_millis(1))
+                .map_err(|e| assert!(ok(&e), "{e}"));
+            assert!(rx.len() <= 4);
+        }
+    }
+}
