@@ -6,9 +6,12 @@
 //!   atomic word.
 //! - `spsc_throughput/{single,batch}`: 8-byte messages streamed from one thread to
 //!   the other, one `try_push`/`pop` at a time or in batches of 32.
+//! - `spsc_rtt_process/{8,64,1024}B`: the round trip with the echo side in another
+//!   process (this bench binary re-executed with `SHMKIT_BENCH_ECHO` set), through
+//!   queues of a POSIX segment.
 //!
-//! `cargo bench --bench queue`. Cross-process figures and the peers (crossbeam
-//! `ArrayQueue`, `rtrb`, iceoryx2, UDS, pipes) are not measured here yet.
+//! `cargo bench --bench queue`. The peers (crossbeam `ArrayQueue`, `rtrb`,
+//! iceoryx2, UDS, pipes) and a cross-process floor are not measured here yet.
 #![allow(clippy::disallowed_types)]
 
 use std::hint::black_box;
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use shmkit::queue::SpscQueue;
 use shmkit::zerocopy::FromZeros;
 use shmkit::{SegmentOptions, ShmSafe};
@@ -144,5 +147,95 @@ fn throughput(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, latency, throughput);
-criterion_main!(benches);
+const ECHO: &str = "SHMKIT_BENCH_ECHO";
+const ECHO_SIZE: &str = "SHMKIT_BENCH_ECHO_WORDS";
+
+/// The echo process: pops from "ping", pushes to "pong", until its stdin closes.
+fn echo_main(name: &str, words: &str) {
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink);
+        std::process::exit(0);
+    });
+    match words {
+        "1" => echo::<[u64; 1]>(name),
+        "8" => echo::<[u64; 8]>(name),
+        _ => echo::<[u64; 128]>(name),
+    }
+}
+
+fn echo<T: ShmSafe + Copy + Send + FromZeros>(name: &str) {
+    let seg = SegmentOptions::posix(name).open().unwrap();
+    let mut rx = seg.find::<SpscQueue<T>>("ping").unwrap().consumer().unwrap();
+    let mut tx = seg.find::<SpscQueue<T>>("pong").unwrap().producer().unwrap();
+    println!("ready");
+    loop {
+        if let Some(v) = rx.pop().unwrap() {
+            while tx.try_push(v).is_err() {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Round trips to an echo process, for one message type.
+fn process_rtt<T: ShmSafe + Copy + Send + FromZeros>(c: &mut Criterion, label: &str, words: &str) {
+    let name = shmkit::unique_name("bench-queue-").unwrap();
+    let seg = SegmentOptions::posix(&name).max_size(8 << 20).create().unwrap();
+    let ping = seg.find_or_create::<SpscQueue<T>>("ping", 64).unwrap();
+    let pong = seg.find_or_create::<SpscQueue<T>>("pong", 64).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(ECHO, &name)
+        .env(ECHO_SIZE, words)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let out = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let (mut tx, mut rx) = (ping.producer().unwrap(), pong.consumer().unwrap());
+    let mut g = c.benchmark_group("spsc_rtt_process");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function(label, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                while tx.try_push(T::new_zeroed()).is_err() {
+                    std::hint::spin_loop();
+                }
+                loop {
+                    if let Some(v) = rx.pop().unwrap() {
+                        black_box(v);
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn processes(c: &mut Criterion) {
+    process_rtt::<[u64; 1]>(c, "8B", "1");
+    process_rtt::<[u64; 8]>(c, "64B", "8");
+    process_rtt::<[u64; 128]>(c, "1024B", "128");
+}
+
+criterion_group!(benches, latency, throughput, processes);
+
+fn main() {
+    if let Ok(name) = std::env::var(ECHO) {
+        echo_main(&name, &std::env::var(ECHO_SIZE).unwrap_or_default());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
