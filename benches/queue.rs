@@ -166,8 +166,16 @@ fn echo_main(name: &str, words: &str) {
 
 fn echo<T: ShmSafe + Copy + Send + FromZeros>(name: &str) {
     let seg = SegmentOptions::posix(name).open().unwrap();
-    let mut rx = seg.find::<SpscQueue<T>>("ping").unwrap().consumer().unwrap();
-    let mut tx = seg.find::<SpscQueue<T>>("pong").unwrap().producer().unwrap();
+    let mut rx = seg
+        .find::<SpscQueue<T>>("ping")
+        .unwrap()
+        .consumer()
+        .unwrap();
+    let mut tx = seg
+        .find::<SpscQueue<T>>("pong")
+        .unwrap()
+        .producer()
+        .unwrap();
     println!("ready");
     loop {
         if let Some(v) = rx.pop().unwrap() {
@@ -183,7 +191,10 @@ fn echo<T: ShmSafe + Copy + Send + FromZeros>(name: &str) {
 /// Round trips to an echo process, for one message type.
 fn process_rtt<T: ShmSafe + Copy + Send + FromZeros>(c: &mut Criterion, label: &str, words: &str) {
     let name = shmkit::unique_name("bench-queue-").unwrap();
-    let seg = SegmentOptions::posix(&name).max_size(8 << 20).create().unwrap();
+    let seg = SegmentOptions::posix(&name)
+        .max_size(8 << 20)
+        .create()
+        .unwrap();
     let ping = seg.find_or_create::<SpscQueue<T>>("ping", 64).unwrap();
     let pong = seg.find_or_create::<SpscQueue<T>>("pong", 64).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
