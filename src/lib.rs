@@ -19,6 +19,11 @@
 //! - [`sync`]: robust process-shared locks (Mutex, RwLock, Condvar, Semaphore,
 //!   Event): a holder that dies is detected within milliseconds and the next locker
 //!   gets `OwnerDied` (on a handle: [`Shared::lock_or_recover`](Shared) repairs);
+//! - [`queue`]: [`queue::SpscQueue`], a single-producer single-consumer ring
+//!   whose roles are recorded with their holder's owner tag (a second claimant is
+//!   refused, a dead holder's role taken over), with batch and blocking forms that
+//!   make a wake syscall only when the peer sleeps, and `PeerDied` for a sleeper
+//!   whose peer was killed;
 //! - [`alloc`]: the shared heap — a lock-free allocator in the segment whose
 //!   blocks record their owner, so that [`alloc::Heap::reclaim_dead`] gives back
 //!   what a killed process held; [`containers::ShmBox`], [`containers::ShmVec`],
@@ -104,6 +109,9 @@ pub mod testkit {
     pub fn registry_slot_offset(seg: &crate::Segment, slot: u32) -> Option<u64> {
         seg.registry_slot_offset(slot)
     }
+
+    pub use crate::directory::{spsc_set_indices, spsc_set_roles, spsc_waiters};
+    pub use crate::queue::{LocalSpsc, wake_count as queue_wake_count};
 }
 mod layout;
 // The one door for atomics, UnsafeCell and futexes; public only to loom models.

@@ -12,7 +12,7 @@ use std::fmt;
 use std::ptr::NonNull;
 
 use crate::layout::{ShmSafe, ShmShared};
-use crate::queue::Broadcast;
+use crate::queue::{Broadcast, SpscQueue};
 use crate::sync::{Condvar, Event, EventKind, Mutex, RwLock, Semaphore};
 use crate::{Error, Result};
 
@@ -336,6 +336,27 @@ where
     unsafe fn init(at: NonNull<Self>, capacity: &u64) {
         // SAFETY: the caller's contract, for `size(capacity)` bytes.
         unsafe { Broadcast::init(at, *capacity) };
+    }
+}
+
+// SAFETY: (1) `bytes` is the header (size_of::<Self>()) plus the ring, the same
+// in every process; (2) init builds the header and every slot in place inside
+// those bytes, and the role handles reach only slots below the capacity;
+// (3) every word pattern is handled (see SpscQueue's state table), every slot
+// pattern is a T (ShmSafe); (4) the name carries T, VERSION the layout.
+unsafe impl<T: ShmSafe + Copy + Send> ShmObject for SpscQueue<T> {
+    /// The capacity: a power of two, at most [`MAX_CAPACITY`](crate::queue::MAX_CAPACITY).
+    type Config = u64;
+    const VERSION: u32 = 1;
+    fn type_name() -> String {
+        format!("shmkit::SpscQueue<{}>", std::any::type_name::<T>())
+    }
+    fn size(capacity: &u64) -> Result<u64> {
+        SpscQueue::<T>::bytes(*capacity)
+    }
+    unsafe fn init(at: NonNull<Self>, capacity: &u64) {
+        // SAFETY: the caller's contract, for `size(capacity)` bytes.
+        unsafe { SpscQueue::init(at, *capacity) };
     }
 }
 

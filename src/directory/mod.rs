@@ -56,6 +56,7 @@ mod entry;
 pub(crate) mod inspect;
 mod locks;
 pub(crate) mod protocol;
+mod queues;
 mod shared;
 mod table;
 #[cfg(all(test, not(shmkit_loom)))]
@@ -70,6 +71,8 @@ use crate::segment::Segment;
 use crate::{Error, OwnerTag, Result};
 
 pub use entry::MAX_NAME;
+#[cfg(feature = "testkit")]
+pub use queues::{spsc_set_indices, spsc_set_roles, spsc_waiters};
 pub use shared::Shared;
 use table::{Locked, creator_alive};
 
