@@ -119,6 +119,22 @@ fn directory_corpus() -> Vec<Vec<u8>> {
     cases
 }
 
+/// The queue_corrupt corpus: all of it, or under miri the [`MIRI_CASES`] files
+/// nearest [`MIRI_LEN`] bytes.
+#[cfg(not(shmkit_loom))] // queues are made through the directory
+#[test]
+fn the_queue_corrupt_corpus_replays_cleanly() {
+    let mut cases = corpus("queue_corrupt");
+    assert!(!cases.is_empty(), "the queue_corrupt corpus is empty");
+    if cfg!(miri) {
+        cases.sort_by(|a, b| (a.len().abs_diff(MIRI_LEN), a).cmp(&(b.len().abs_diff(MIRI_LEN), b)));
+        cases.truncate(MIRI_CASES);
+    }
+    for case in &cases {
+        shmkit::fuzzing::queue_corrupt(case);
+    }
+}
+
 #[cfg(not(shmkit_loom))] // the directory is not built under loom
 #[test]
 fn the_directory_corrupt_corpus_replays_cleanly() {

@@ -13,6 +13,9 @@ use crate::{Error, Offset, OwnerTag, PAGE_SIZE, Result, Segment, SegmentOptions,
 // The directory is not built under loom (it has its own model there).
 #[cfg(not(shmkit_loom))]
 mod directory;
+// Queues are created through the directory: not under loom either.
+#[cfg(not(shmkit_loom))]
+mod queue;
 /// Makes the fingerprint and checksum of a segment image consistent, so that a
 /// test or fuzzer reaches the checks behind them.
 pub fn repair_header(image: &mut [u8]) {
@@ -22,6 +25,8 @@ pub fn repair_header(image: &mut [u8]) {
 pub use directory::{
     DIR_HEAP, directory_corrupt, directory_journal_names_a_held_entry, directory_root_counter,
 };
+#[cfg(not(shmkit_loom))]
+pub use queue::queue_corrupt;
 
 /// Largest image a fuzz case maps (keeps runs fast; larger inputs are truncated).
 pub const MAX_IMAGE: usize = 1 << 20;
