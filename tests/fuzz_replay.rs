@@ -168,12 +168,10 @@ const SWEEP_VALUES: [u8; 4] = [1, 2, 3, 10];
 #[test]
 fn every_heap_metadata_word_overwritten_with_a_bad_value_is_handled() {
     if cfg!(miri) {
-        // A sample: the break set past the table, the free-page count gone huge, a
-        // page descriptor pointing at a block (targets 7 and 9 are `brk` and
-        // `free_pages`; the page tables come after the header's words).
-        for (word, kind) in [(7, 2), (9, 3), (150, 10)] {
-            assert!(shmkit::fuzzing::heap_corrupt_word(word, kind));
-        }
+        // A sample: a page descriptor pointing at a block (the page tables come
+        // after the header's words). Each word costs miri about two minutes; the
+        // whole sweep runs natively.
+        assert!(shmkit::fuzzing::heap_corrupt_word(150, 10));
         return;
     }
     let mut word = 0;
