@@ -10,6 +10,9 @@
 //!   process (this bench binary re-executed with `SHMKIT_BENCH_ECHO` set), through
 //!   queues of a POSIX segment.
 //!
+//! - `broadcast_send/{0,1,2,4}readers`: a `Broadcast` writer's cost per 32-byte
+//!   message while that many reader threads follow the ring.
+//!
 //! `cargo bench --bench queue`. The peers (crossbeam `ArrayQueue`, `rtrb`,
 //! iceoryx2, UDS, pipes) and a cross-process floor are not measured here yet.
 #![allow(clippy::disallowed_types)]
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use shmkit::queue::SpscQueue;
+use shmkit::queue::{Broadcast, Received, SpscQueue};
 use shmkit::zerocopy::FromZeros;
 use shmkit::{SegmentOptions, ShmSafe};
 
@@ -240,7 +243,58 @@ fn processes(c: &mut Criterion) {
     process_rtt::<[u64; 128]>(c, "1024B", "128");
 }
 
-criterion_group!(benches, latency, throughput, processes);
+/// The broadcast writer's time for `iters` 32-byte messages while `readers`
+/// threads follow the ring (each spinning on `try_recv`).
+fn broadcast_send(iters: u64, readers: usize) -> Duration {
+    let seg = SegmentOptions::heap().max_size(8 << 20).create().unwrap();
+    let b = seg
+        .find_or_create::<Broadcast<[u64; 4]>>("ticks", 4096)
+        .unwrap();
+    let mut w = b.writer().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let followers: Vec<_> = (0..readers)
+        .map(|_| {
+            let mut r = b.reader().unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match r.try_recv().unwrap() {
+                        Some(Received::Message(m)) => n = n.wrapping_add(m[0]),
+                        Some(Received::Lagged(k)) => n = n.wrapping_add(k),
+                        None => std::hint::spin_loop(),
+                    }
+                }
+                black_box(n)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for i in 0..iters {
+        w.send([i, i, i, i]).unwrap();
+    }
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for f in followers {
+        f.join().unwrap();
+    }
+    took
+}
+
+/// `broadcast_send/{0,1,2,4}`: the writer's cost per message as readers are
+/// added (readers write nothing, so it should not grow beyond cache traffic).
+fn broadcast(c: &mut Criterion) {
+    let mut g = c.benchmark_group("broadcast_send");
+    g.throughput(Throughput::Elements(1));
+    for readers in [0usize, 1, 2, 4] {
+        g.bench_function(format!("{readers}readers"), |b| {
+            b.iter_custom(|iters| broadcast_send(iters, readers))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, latency, throughput, processes, broadcast);
 
 fn main() {
     if let Ok(name) = std::env::var(ECHO) {

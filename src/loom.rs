@@ -214,13 +214,17 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     let _ = futex::wait(&word.0, futex::Flags::empty(), expected, ts.as_ref());
 }
 
-/// Wake up to `count` sleepers on `word`, in any process.
+/// Wake up to `count` sleepers on `word`, in any process; returns how many
+/// were woken (0 if the call failed).
 #[cfg(all(not(shmkit_loom), not(miri)))]
-pub fn futex_wake(word: &AtomicU32, count: u32) {
+pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     use rustix::thread::futex;
+    // FUTEX_WAKE reads its count as a C int: u32::MAX would be -1, which wakes
+    // exactly one sleeper; "all" is i32::MAX.
+    let count = count.min(i32::MAX as u32);
     // The only failure for a valid, aligned word is EFAULT, impossible for a
     // reference; a failed wake cannot corrupt anything, waiters time out.
-    let _ = futex::wake(&word.0, futex::Flags::empty(), count);
+    futex::wake(&word.0, futex::Flags::empty(), count).map_or(0, |n| n as u32)
 }
 
 // Under miri the same two futex calls go through `libc::syscall`: rustix 1's
@@ -257,10 +261,11 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
 /// [`futex_wake`] for miri (see the comment above).
 #[cfg(all(not(shmkit_loom), miri))]
 #[allow(unsafe_code)]
-pub fn futex_wake(word: &AtomicU32, count: u32) {
+pub fn futex_wake(word: &AtomicU32, count: u32) -> u32 {
     let count = count.min(i32::MAX as u32) as i32;
     // SAFETY: FUTEX_WAKE on a live, aligned u32 (a reference).
-    let _ = unsafe { libc::syscall(libc::SYS_futex, word.0.as_ptr(), libc::FUTEX_WAKE, count) };
+    let r = unsafe { libc::syscall(libc::SYS_futex, word.0.as_ptr(), libc::FUTEX_WAKE, count) };
+    u32::try_from(r).unwrap_or(0)
 }
 
 /// Loom stand-in: re-check, then yield (or, in the blocking model, sleep until
@@ -277,10 +282,11 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
 /// Loom stand-in: waking is implicit in `futex_wait`'s yield (or, in the blocking
 /// model, wakes every sleeper on the word).
 #[cfg(shmkit_loom)]
-pub fn futex_wake(word: &AtomicU32, _count: u32) {
+pub fn futex_wake(word: &AtomicU32, _count: u32) -> u32 {
     if futex_model::blocking() {
         futex_model::wake(word);
     }
+    0 // the model does not count
 }
 
 /// The blocking futex model for loom: a waiter sleeps (ignoring its timeout) until

@@ -78,7 +78,7 @@ fn every_reader_gets_every_message_in_order() {
     let mut w = b.writer().unwrap();
     let mut readers: Vec<_> = (0..3).map(|_| b.reader().unwrap()).collect();
     for i in 0..50 {
-        w.send(msg(i, 1));
+        w.send(msg(i, 1)).unwrap();
     }
     for r in &mut readers {
         assert_eq!(r.pending(), 50);
@@ -91,7 +91,7 @@ fn every_reader_gets_every_message_in_order() {
     // A reader made now starts at the next message.
     let mut late = b.reader().unwrap();
     assert_eq!(late.position(), 50);
-    w.send(msg(50, 1));
+    w.send(msg(50, 1)).unwrap();
     assert_eq!(drain(&mut late), (vec![50], 0));
 }
 
@@ -106,7 +106,7 @@ fn capacity_one_and_two_keep_the_newest_and_count_the_rest() {
             let n = round % 5; // 0..4 messages while the reader is away
             let start = w.sent();
             for i in 0..n {
-                w.send(msg(start + i, 7));
+                w.send(msg(start + i, 7)).unwrap();
             }
             let (got, lost) = drain(&mut r);
             let kept = n.min(cap);
@@ -128,12 +128,12 @@ fn sequences_run_on_past_two_to_the_32() {
     let mut r = b.reader().unwrap();
     assert_eq!(r.position(), start);
     for i in 0..10 {
-        w.send(msg(start + i, 1));
+        w.send(msg(start + i, 1)).unwrap();
         assert_eq!(drain(&mut r), (vec![start + i], 0));
     }
     assert!(r.position() > 1 << 32);
     for i in 10..20 {
-        w.send(msg(start + i, 1));
+        w.send(msg(start + i, 1)).unwrap();
     }
     let (got, lost) = drain(&mut r);
     assert_eq!((got.len() as u64, lost), (4, 6));
@@ -149,7 +149,7 @@ fn a_slow_reader_accounts_for_every_message() {
     let (mut received, mut lost, mut last) = (0u64, 0u64, None::<u64>);
     let mut rng = 1u64;
     for i in 0..5_000u64 {
-        w.send(msg(i, 3));
+        w.send(msg(i, 3)).unwrap();
         rng = mix(rng);
         if rng % 7 == 0 {
             // Read a few, sometimes all.
@@ -223,7 +223,7 @@ fn readers_on_threads_never_see_a_torn_or_reordered_message() {
             .map(|mut r| s.spawn(move || follow(&mut r, TOTAL)))
             .collect();
         for i in 0..TOTAL {
-            w.send(msg(i, 9));
+            w.send(msg(i, 9)).unwrap();
         }
         for h in hs {
             let (received, lost) = h.join().unwrap();
@@ -250,7 +250,7 @@ fn child_main() {
             say("ready");
             let start = w.sent();
             for i in start..start + total {
-                w.send(msg(i, 5));
+                w.send(msg(i, 5)).unwrap();
             }
             say("done");
             std::thread::sleep(Duration::from_secs(600));
@@ -261,7 +261,7 @@ fn child_main() {
             say("ready");
             loop {
                 let n = w.sent();
-                w.send(msg(n, 5));
+                w.send(msg(n, 5)).unwrap();
             }
         }
         // Follows `total` messages and reports its counts.
@@ -353,7 +353,7 @@ fn a_second_writer_is_refused_while_the_first_lives() {
     assert!(matches!(theirs.writer(), Err(Error::RoleTaken { .. })));
     drop(w);
     let mut w2 = theirs.writer().unwrap();
-    w2.send(msg(0, 2));
+    w2.send(msg(0, 2)).unwrap();
     assert_eq!(b.sent().unwrap(), 1);
 }
 
@@ -377,7 +377,7 @@ fn a_killed_writers_role_is_taken_over_and_the_stream_goes_on() {
         // The next writer takes the role over at once and goes on numbering.
         let mut w = b.writer().unwrap();
         let n = w.sent();
-        w.send(msg(n, 1));
+        w.send(msg(n, 1)).unwrap();
         drop(w);
         let (got, l) = drain(&mut r);
         assert_eq!(
@@ -406,7 +406,7 @@ fn a_writer_dead_mid_message_never_shows_a_torn_one() {
     {
         let theirs = peer.find::<Broadcast<Msg>>("b").unwrap();
         let mut w = theirs.writer().unwrap();
-        w.send(msg(0, 2));
+        w.send(msg(0, 2)).unwrap();
         std::mem::forget(w); // the role stays with the "dead" attachment
     }
     let raw = b.testkit_raw();
@@ -417,7 +417,7 @@ fn a_writer_dead_mid_message_never_shows_a_torn_one() {
     unsafe { peer.simulate_crash_now() };
     let mut w = b.writer().unwrap();
     assert_eq!(w.sent(), 1, "message 1 is written again under its number");
-    w.send(msg(1, 1));
+    w.send(msg(1, 1)).unwrap();
     assert_eq!(drain(&mut r), (vec![1], 0));
 }
 
@@ -452,7 +452,7 @@ fn blocking_reads_time_out_and_are_woken_by_a_send() {
             common::eventually("the reader to sleep", || {
                 b.testkit_raw().bell().load(Ordering::SeqCst) & 1 == 1
             });
-            w.send(msg(i, 1));
+            w.send(msg(i, 1)).unwrap();
         }
         assert_eq!(h.join().unwrap(), vec![0, 1, 2]);
     });
@@ -469,7 +469,7 @@ fn a_steady_stream_rings_no_bell() {
     let bell = || b.testkit_raw().bell().load(Ordering::SeqCst);
     let before = bell();
     for i in 0..10_000 {
-        w.send(msg(i, 1));
+        w.send(msg(i, 1)).unwrap();
         if i % 100 == 99 {
             for r in &mut readers {
                 assert_eq!(drain(r).0.len(), 100);
@@ -484,12 +484,12 @@ fn a_steady_stream_rings_no_bell() {
     // One sleeper: one generation step for the next send, then none again.
     let mut r = b.reader().unwrap();
     assert_eq!(r.recv_for(Duration::from_millis(20)).unwrap(), None);
-    w.send(msg(10_000, 1));
+    w.send(msg(10_000, 1)).unwrap();
     let after = bell();
     assert_ne!(after, before);
     assert_eq!(after & 1, 0, "the writer cleared the waiting bit");
     for i in 10_001..10_100 {
-        w.send(msg(i, 1));
+        w.send(msg(i, 1)).unwrap();
     }
     assert_eq!(bell(), after, "a reader that slept once costs one wake-up");
 }
@@ -534,7 +534,7 @@ fn a_sleeping_reader_learns_that_the_writer_died() {
     });
     // A new writer takes over; the reader goes on.
     let mut w = b.writer().unwrap();
-    w.send(msg(3, 1));
+    w.send(msg(3, 1)).unwrap();
     assert_eq!(drain(&mut r), (vec![3], 0));
 }
 
@@ -572,11 +572,11 @@ fn corrupt_words_are_errors_never_torn_values_or_hangs() {
     let raw = b.testkit_raw();
     let mut w = b.writer().unwrap();
     for i in 0..3 {
-        w.send(msg(i, 1));
+        w.send(msg(i, 1)).unwrap();
     }
     // A sequence from another slot's residue class, and one past the head.
     for forged in [2 * 6 + 2, 2 * 41 + 1, u64::MAX] {
-        w.send(msg(w.sent(), 1));
+        w.send(msg(w.sent(), 1)).unwrap();
         let mut r = b.reader().unwrap(); // at the next message, not written yet
         let slot = (r.position() % 4) as usize * 8;
         raw.set_ring_word(slot, forged);
@@ -604,7 +604,7 @@ fn corrupt_words_are_errors_never_torn_values_or_hangs() {
     // ...and the role is given back after the refusal.
     raw.set_head(3);
     let mut w = b.writer().unwrap();
-    w.send(msg(w.sent(), 1));
+    w.send(msg(w.sent(), 1)).unwrap();
     // A forged head far ahead: pending never exceeds the capacity.
     let r = b.reader().unwrap();
     raw.set_head(1 << 40);
@@ -614,4 +614,79 @@ fn corrupt_words_are_errors_never_torn_values_or_hangs() {
     raw.set_writer_word(shmkit::OwnerTag::new(3, 77).unwrap().bits());
     let w = b.writer().unwrap();
     assert_eq!(w.sent(), 1 << 40);
+}
+
+// ---------------------------------------------------------------------------------
+// Review regressions.
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_timeout_too_long_for_an_instant_waits_instead_of_panicking() {
+    let _dog = watchdog("a_timeout_too_long_for_an_instant_waits_instead_of_panicking");
+    let seg = segment();
+    let b = ring(&seg, "b", 4);
+    let mut r = b.reader().unwrap();
+    let mut w = b.writer().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            w.send(msg(0, 1)).unwrap();
+        });
+        assert_eq!(
+            r.recv_for(Duration::MAX).unwrap(),
+            Some(Received::Message(msg(0, 1)))
+        );
+    });
+}
+
+#[test]
+fn a_head_near_the_sequence_limit_is_refused() {
+    let seg = segment();
+    let b = ring(&seg, "b", 4);
+    b.testkit_raw().set_head((1 << 62) - 1);
+    assert!(matches!(
+        b.writer(),
+        Err(Error::Corrupt { what: "head", .. })
+    ));
+    b.testkit_raw().set_head(1 << 61);
+    assert!(matches!(
+        b.reader(),
+        Err(Error::Corrupt { what: "head", .. })
+    ));
+    b.testkit_raw().set_head((1 << 61) - 1);
+    let mut w = b.writer().unwrap();
+    w.send(msg(0, 1)).unwrap();
+}
+
+#[test]
+fn a_writer_inherited_by_a_forked_child_neither_writes_nor_frees_the_role() {
+    let seg = SegmentOptions::anonymous()
+        .max_size(8 << 20)
+        .create()
+        .unwrap();
+    let b = ring(&seg, "b", 4);
+    let mut w = b.writer().unwrap();
+    // SAFETY: the child only calls send and drops the handle (atomics, no lock
+    // a parent thread could hold), then leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let refused = matches!(w.send(msg(0, 9)), Err(Error::NotAttached));
+        drop(w); // must not give the parent's role back
+        // SAFETY: leaving the forked child without the parent's destructors.
+        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's send was not refused"
+    );
+    assert!(
+        matches!(b.writer(), Err(Error::RoleTaken { .. })),
+        "the child's drop freed the parent's role"
+    );
+    assert_eq!(b.sent().unwrap(), 0, "the child wrote");
+    w.send(msg(0, 1)).unwrap();
 }

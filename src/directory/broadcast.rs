@@ -63,7 +63,7 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> Shared<Broadcast<T
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let b = seg.find_or_create::<shmkit::queue::Broadcast<u64>>("b", 4)?;
     /// let mut r = b.reader()?;
-    /// b.writer()?.send(5);
+    /// b.writer()?.send(5)?;
     /// assert_eq!(r.try_recv()?, Some(shmkit::queue::Received::Message(5)));
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -91,7 +91,7 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> Shared<Broadcast<T
     /// ```
     /// let seg = shmkit::SegmentOptions::heap().create()?;
     /// let b = seg.find_or_create::<shmkit::queue::Broadcast<u64>>("b", 4)?;
-    /// b.writer()?.send(1);
+    /// b.writer()?.send(1)?;
     /// assert_eq!(b.sent()?, 1);
     /// # Ok::<(), shmkit::Error>(())
     /// ```

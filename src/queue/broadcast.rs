@@ -63,8 +63,8 @@ pub const MAX_BROADCAST_CAPACITY: u64 = 1 << 24;
 /// Bytes of the header, before the ring.
 const HEADER: usize = 256;
 
-/// Sequences and heads at or past this are impossible (a writer would need
-/// centuries to reach them), so `2n + 2` never overflows.
+/// Sequences at or past this are impossible (a writer would need centuries to
+/// reach them), so `2n + 2` never overflows; heads are refused from half of it.
 const SEQ_LIMIT: u64 = 1 << 62;
 
 /// How a ring of `T` messages is laid out: slots and words.
@@ -174,10 +174,10 @@ impl Header {
 /// let ticks = seg.find_or_create::<Broadcast<[u64; 2]>>("ticks", 4)?;
 /// let mut w = ticks.writer()?;
 /// let mut r = ticks.reader()?;
-/// w.send([101, 7]);
+/// w.send([101, 7])?;
 /// assert_eq!(r.try_recv()?, Some(Received::Message([101, 7])));
 /// for i in 0..6 {
-///     w.send([i, 0]); // the reader is away: 2 of these are overwritten
+///     w.send([i, 0])?; // the reader is away: 2 of these are overwritten
 /// }
 /// assert_eq!(r.try_recv()?, Some(Received::Lagged(2)));
 /// assert_eq!(r.try_recv()?, Some(Received::Message([2, 0])));
@@ -279,7 +279,9 @@ impl<'a> RawBroadcast<'a> {
     pub fn head(&self) -> Result<u64> {
         // SYNC: Acquire pairs with the writer's Release store of head in `send`.
         let h = self.header.head.load(Ordering::Acquire);
-        if h >= SEQ_LIMIT {
+        // Half the limit: 2^61 sends of headroom before a writer resumed at a
+        // forged head could reach it.
+        if h >= SEQ_LIMIT / 2 {
             return Err(corrupt("head", format!("{h:#x} is past any sequence")));
         }
         Ok(h)

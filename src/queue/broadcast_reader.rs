@@ -28,7 +28,7 @@ const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 /// let b = seg.find_or_create::<Broadcast<u32>>("b", 16)?;
 /// let mut w = b.writer()?;
 /// let (mut r1, mut r2) = (b.reader()?, b.reader()?);
-/// w.send(7);
+/// w.send(7)?;
 /// assert_eq!(r1.try_recv()?, Some(Received::Message(7)));
 /// assert_eq!(r2.recv_for(Duration::from_secs(1))?, Some(Received::Message(7)));
 /// assert_eq!(r1.try_recv()?, None);
@@ -106,8 +106,8 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastReader<T>
     ///
     /// # Errors
     ///
-    /// [`Error::PeerDied`] if the writer died and nothing more is there (a new
-    /// writer may take the role over: call again to go on waiting);
+    /// [`Error::PeerDied`] if the writer died and nothing more is there (until a
+    /// new writer takes the role over, every wait returns that at once);
     /// [`Error::Corrupt`] as [`try_recv`](Self::try_recv).
     ///
     /// # Examples
@@ -117,7 +117,7 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastReader<T>
     /// let b = seg.find_or_create::<shmkit::queue::Broadcast<u8>>("b", 2)?;
     /// let mut r = b.reader()?;
     /// std::thread::scope(|s| {
-    ///     s.spawn(|| b.writer().unwrap().send(9));
+    ///     s.spawn(|| b.writer().unwrap().send(9).unwrap());
     ///     assert_eq!(r.recv_blocking().unwrap(), shmkit::queue::Received::Message(9));
     /// });
     /// # Ok::<(), shmkit::Error>(())
@@ -147,7 +147,8 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastReader<T>
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn recv_for(&mut self, timeout: Duration) -> Result<Option<Received<T>>> {
-        self.recv_until(Instant::now() + timeout)
+        // A timeout past what an Instant can hold waits for good.
+        self.recv_deadline(Instant::now().checked_add(timeout))
     }
 
     /// As [`recv_for`](Self::recv_for), until `deadline`.
@@ -182,6 +183,13 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastReader<T>
     #[cold]
     fn sleep(&mut self, deadline: Option<Instant>) -> Result<Option<Received<T>>> {
         loop {
+            let slice = match deadline {
+                None => LIVENESS_SLICE,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(LIVENESS_SLICE),
+                    _ => return Ok(None), // checked before the bell and the probe
+                },
+            };
             let expected = self.raw().prepare_sleep();
             if let Some(r) = self.try_recv()? {
                 return Ok(Some(r));
@@ -193,13 +201,6 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastReader<T>
                     role: "broadcast writer",
                 });
             }
-            let slice = match deadline {
-                None => LIVENESS_SLICE,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(LIVENESS_SLICE),
-                    _ => return Ok(None),
-                },
-            };
             futex_wait(self.raw().bell(), expected, Some(slice));
             if let Some(r) = self.try_recv()? {
                 return Ok(Some(r));
@@ -216,7 +217,9 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastReader<T>
     /// let b = seg.find_or_create::<shmkit::queue::Broadcast<u8>>("b", 2)?;
     /// let mut r = b.reader()?;
     /// let mut w = b.writer()?;
-    /// (0..5).for_each(|i| w.send(i));
+    /// for i in 0..5 {
+    ///     w.send(i)?;
+    /// }
     /// assert_eq!(r.pending(), 2);
     /// # Ok::<(), shmkit::Error>(())
     /// ```

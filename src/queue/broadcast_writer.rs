@@ -22,7 +22,7 @@ use crate::sync::Context;
 /// let seg = shmkit::SegmentOptions::heap().create()?;
 /// let b = seg.find_or_create::<Broadcast<u64>>("prices", 1024)?;
 /// let mut w = b.writer()?;
-/// w.send(100);
+/// w.send(100)?;
 /// assert_eq!(w.sent(), 1);
 /// assert!(b.writer().is_err()); // one writer at a time
 /// # Ok::<(), shmkit::Error>(())
@@ -35,6 +35,9 @@ pub struct BroadcastWriter<T> {
     /// The bell's generation as we last set it.
     generation: u32,
     me: OwnerTag,
+    /// The fork generation at the claim: in a forked child that inherited the
+    /// handle it differs, and the handle acts for nobody.
+    fork_gen: u64,
     /// What keeps the block mapped and held (the directory handle).
     _keep: Box<dyn Send + Sync>,
 }
@@ -66,6 +69,7 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastWriter<T>
             next,
             generation,
             me: cx.me(),
+            fork_gen: crate::segment::fork_generation(),
             _keep: keep,
         })
     }
@@ -79,16 +83,26 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastWriter<T>
     /// Sends `value` to every reader: one slot written, the head published, and a
     /// wake-up only if a reader sleeps.
     ///
+    /// # Errors
+    ///
+    /// [`Error::NotAttached`](crate::Error::NotAttached) in a forked child that
+    /// inherited the handle (it acts for nobody: take the role anew after
+    /// [`after_fork`](crate::Segment::after_fork)).
+    ///
     /// # Examples
     ///
     /// See [`BroadcastWriter`].
     #[inline]
-    pub fn send(&mut self, value: T) {
+    pub fn send(&mut self, value: T) -> Result<()> {
+        if crate::segment::fork_generation() != self.fork_gen {
+            return Err(crate::Error::NotAttached);
+        }
         let n = self.next;
         let mut generation = self.generation;
         self.raw().send(n, value, &mut generation);
         self.generation = generation;
         self.next = n + 1;
+        Ok(())
     }
 
     /// Messages sent through this ring so far (by every writer it has had).
@@ -117,6 +131,9 @@ impl<T: ShmSafe + FromBytes + IntoBytes + Copy + Send + Sync> BroadcastWriter<T>
 
 impl<T> Drop for BroadcastWriter<T> {
     fn drop(&mut self) {
+        if crate::segment::fork_generation() != self.fork_gen {
+            return; // an inherited handle in a forked child releases nothing
+        }
         // SAFETY: as in `raw` (the block outlives `_keep`, dropped after this).
         let raw = unsafe { RawBroadcast::from_block(self.block, self.geometry) };
         raw.release_writer(self.me);

@@ -50,6 +50,9 @@ pub struct Consumer<T: ShmSafe + Copy + Send> {
     _keep: Box<dyn Send + Sync>,
     /// Dropped as a killed process's handle: the role is not given back.
     dead: bool,
+    /// The fork generation at the claim: in a forked child that inherited the
+    /// handle it differs, and the handle acts for nobody.
+    fork_gen: u64,
 }
 
 // SAFETY: as for Producer.
@@ -80,6 +83,7 @@ impl<T: ShmSafe + Copy + Send> Consumer<T> {
             cx,
             _keep: keep,
             dead: false,
+            fork_gen: crate::segment::fork_generation(),
         })
     }
 
@@ -148,6 +152,9 @@ impl<T: ShmSafe + Copy + Send> Consumer<T> {
     /// says fewer than `want`.
     #[inline]
     fn ready(&mut self, want: u64) -> Result<u64> {
+        if crate::segment::fork_generation() != self.fork_gen {
+            return Err(Error::NotAttached); // an inherited handle in a forked child
+        }
         let ready = self.tail.wrapping_sub(self.head);
         if ready >= want {
             return Ok(ready);
@@ -335,8 +342,8 @@ impl<T: ShmSafe + Copy + Send> Drop for Consumer<T> {
         if crate::loom::crash::dead() {
             return; // a dead thread releases nothing
         }
-        if self.dead {
-            return;
+        if self.dead || crate::segment::fork_generation() != self.fork_gen {
+            return; // a killed or an inherited handle releases nothing
         }
         self.raw.release(Side::Consumer, self.me);
     }

@@ -27,6 +27,9 @@ pub enum PushError<T> {
     Full(T),
     /// The queue's indices in the segment are impossible (a peer overwrote them).
     Corrupt(T, Error),
+    /// The handle was inherited by a forked child, where it acts for nobody
+    /// (take the role anew after [`after_fork`](crate::Segment::after_fork)).
+    NotAttached(T),
 }
 
 impl<T> PushError<T> {
@@ -37,7 +40,7 @@ impl<T> PushError<T> {
     /// See [`PushError`].
     pub fn into_inner(self) -> T {
         match self {
-            PushError::Full(v) | PushError::Corrupt(v, _) => v,
+            PushError::Full(v) | PushError::Corrupt(v, _) | PushError::NotAttached(v) => v,
         }
     }
 
@@ -56,6 +59,7 @@ impl<T> fmt::Display for PushError<T> {
         match self {
             PushError::Full(_) => f.write_str("the queue is full"),
             PushError::Corrupt(_, e) => write!(f, "{e}"),
+            PushError::NotAttached(_) => write!(f, "{}", Error::NotAttached),
         }
     }
 }

@@ -44,6 +44,9 @@ pub struct Producer<T: ShmSafe + Copy + Send> {
     _keep: Box<dyn Send + Sync>,
     /// Dropped as a killed process's handle: the role is not given back.
     dead: bool,
+    /// The fork generation at the claim: in a forked child that inherited the
+    /// handle it differs, and the handle acts for nobody.
+    fork_gen: u64,
 }
 
 // SAFETY: the handle owns its role; the raw pointer is into a block kept mapped by
@@ -75,6 +78,7 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
             cx,
             _keep: keep,
             dead: false,
+            fork_gen: crate::segment::fork_generation(),
         })
     }
 
@@ -144,6 +148,9 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
     /// fewer than `want`.
     #[inline]
     fn room(&mut self, want: u64) -> Result<u64> {
+        if crate::segment::fork_generation() != self.fork_gen {
+            return Err(Error::NotAttached); // an inherited handle in a forked child
+        }
         let free = self.raw.capacity() - self.tail.wrapping_sub(self.head);
         if free >= want {
             return Ok(free);
@@ -182,7 +189,8 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
     ///
     /// # Errors
     ///
-    /// [`PushError::Full`] with the value; [`PushError::Corrupt`] with the value
+    /// [`PushError::Full`] with the value; [`PushError::NotAttached`] in a forked
+    /// child that inherited the handle; [`PushError::Corrupt`] with the value
     /// and the error if the indices read from the segment are impossible.
     ///
     /// # Examples
@@ -193,6 +201,7 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
         match self.room(1) {
             Ok(0) => return Err(PushError::Full(value)),
             Ok(_) => {}
+            Err(Error::NotAttached) => return Err(PushError::NotAttached(value)),
             Err(e) => return Err(PushError::Corrupt(value, e)),
         }
         let tail = self.tail;
@@ -299,6 +308,7 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
             match self.try_push(value) {
                 Ok(()) => return Ok(()),
                 Err(PushError::Corrupt(_, e)) => return Err(e),
+                Err(PushError::NotAttached(_)) => return Err(Error::NotAttached),
                 Err(PushError::Full(_)) => {}
             }
             if !self.wait_room(deadline)? {
@@ -341,8 +351,8 @@ impl<T: ShmSafe + Copy + Send> Drop for Producer<T> {
         if crate::loom::crash::dead() {
             return; // a dead thread releases nothing
         }
-        if self.dead {
-            return;
+        if self.dead || crate::segment::fork_generation() != self.fork_gen {
+            return; // a killed or an inherited handle releases nothing
         }
         self.raw.release(Side::Producer, self.me);
     }

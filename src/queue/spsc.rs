@@ -433,6 +433,9 @@ impl<T: ShmSafe + Copy + Send> RawSpsc<T> {
     ) -> Result<bool> {
         let flag = self.sleeps(side);
         loop {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return ready(); // checked before the flag and the liveness probe
+            }
             flag.store(1, Ordering::Relaxed);
             // SeqCst fence: pairs with the one in `wake_peer` (see there).
             fence(Ordering::SeqCst);

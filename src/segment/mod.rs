@@ -27,6 +27,9 @@ pub use names::{MAX_NAME_LEN, unique_name};
 pub use options::{
     DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT, DEFAULT_SLOTS, Opened, SegmentKind, SegmentOptions,
 };
+/// The process's fork generation (bumped in every forked child): process-local
+/// handles record it to act for nobody in a child that inherited them.
+pub(crate) use os::fork::current as fork_generation;
 pub use owner::OwnerTag;
 pub use slot_info::{SlotInfo, SlotState};
 

@@ -105,3 +105,50 @@ fn role_words_naming_nobody_or_a_slot_out_of_range_are_taken_over() {
         drop((tx, rx));
     }
 }
+
+/// Review regression: a forked child that inherited the role handles could push
+/// and pop through them and, dropping them, give the parent's live roles back (a
+/// second producer could then claim). In the child they act for nobody.
+#[test]
+fn handles_inherited_by_a_forked_child_neither_act_nor_free_the_roles() {
+    let seg = SegmentOptions::anonymous()
+        .max_size(8 << 20)
+        .create()
+        .unwrap();
+    let q = seg.find_or_create::<SpscQueue<u64>>("q", 4).unwrap();
+    let (mut tx, mut rx) = (q.producer().unwrap(), q.consumer().unwrap());
+    tx.try_push(1).unwrap();
+    // SAFETY: the child only calls the handles (atomics, no lock a parent thread
+    // could hold) and drops them, then leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let push = matches!(
+            tx.try_push(2),
+            Err(shmkit::queue::PushError::NotAttached(2))
+        );
+        let pop = matches!(rx.pop(), Err(Error::NotAttached));
+        drop((tx, rx)); // must not give the parent's roles back
+        // SAFETY: leaving the forked child without the parent's destructors.
+        unsafe { libc::_exit(i32::from(!push) | i32::from(!pop) << 1) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "the child did not exit");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "1: the child pushed, 2: it popped"
+    );
+    assert!(
+        matches!(q.producer(), Err(Error::RoleTaken { .. })),
+        "producer role freed"
+    );
+    assert!(
+        matches!(q.consumer(), Err(Error::RoleTaken { .. })),
+        "consumer role freed"
+    );
+    assert_eq!(rx.pop().unwrap(), Some(1), "the child took nothing");
+    assert_eq!(rx.pop().unwrap(), None);
+}
