@@ -2,6 +2,9 @@
 //! operation. SPSC section: single and batch pushes and pops, full and empty,
 //! role hand-overs (a clean drop, or a "dead" attachment's role taken over),
 //! from a random starting index (wrap-around of the indices and the ring mask).
+//! Broadcast section: sends, reads by three readers, readers rejoining and the
+//! writer handing over or dying, against a model of what each reader gets or is
+//! told it lost.
 //!
 //! Heap segments only.
 
@@ -141,5 +144,129 @@ proptest! {
         ops in prop::collection::vec(op(), 1..64),
     ) {
         run(log_cap, start, ops);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Broadcast: against a model of lag.
+// ---------------------------------------------------------------------------------
+
+mod broadcast {
+    use proptest::prelude::*;
+    use shmkit::queue::{Broadcast, BroadcastReader, BroadcastWriter, Received};
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Send(u64),
+        /// Reader `i` reads once.
+        Recv(usize),
+        /// Reader `i` is replaced by a new one (starting at the next message).
+        Rejoin(usize),
+        /// The writer gives its role up cleanly (`false`) or "dies" (`true`); a
+        /// new attachment takes it over.
+        Handover(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => any::<u64>().prop_map(Op::Send),
+            6 => (0usize..3).prop_map(Op::Recv),
+            1 => (0usize..3).prop_map(Op::Rejoin),
+            1 => any::<bool>().prop_map(Op::Handover),
+        ]
+    }
+
+    /// The model: every message sent, and each reader's cursor into them. A
+    /// reader whose next message was overwritten (more than `cap` newer ones
+    /// since) is told how many it lost and moves to the oldest still there.
+    fn expect(sent: &[u64], cursor: &mut usize, cap: usize) -> Option<Received<u64>> {
+        let oldest = sent.len().saturating_sub(cap);
+        if *cursor < oldest {
+            let lost = oldest - *cursor;
+            *cursor = oldest;
+            return Some(Received::Lagged(lost as u64));
+        }
+        let m = sent.get(*cursor).copied()?;
+        *cursor += 1;
+        Some(Received::Message(m))
+    }
+
+    type Writer = (shmkit::Segment, BroadcastWriter<u64>);
+
+    fn claim(seg: &shmkit::Segment) -> Writer {
+        let at = seg.try_clone().unwrap();
+        let w = at.find::<Broadcast<u64>>("b").unwrap().writer().unwrap();
+        (at, w)
+    }
+
+    fn run(log_cap: u32, start: u64, ops: Vec<Op>) {
+        let cap = 1usize << log_cap;
+        let seg = shmkit::SegmentOptions::heap().create().unwrap();
+        let b = seg
+            .find_or_create::<Broadcast<u64>>("b", cap as u64)
+            .unwrap();
+        b.testkit_raw().set_head(start);
+        let mut w = Some(claim(&seg));
+        // Messages are numbered from `start`; the model indexes them from 0.
+        let mut sent: Vec<u64> = Vec::new();
+        let mut readers: Vec<(BroadcastReader<u64>, usize)> =
+            (0..3).map(|_| (b.reader().unwrap(), 0)).collect();
+        for op in ops {
+            match op {
+                Op::Send(v) => {
+                    w.as_mut().unwrap().1.send(v).unwrap();
+                    sent.push(v);
+                }
+                Op::Recv(i) => {
+                    let (r, cursor) = &mut readers[i];
+                    let want = expect(&sent, cursor, cap);
+                    assert_eq!(r.try_recv().unwrap(), want, "reader {i}");
+                    assert_eq!(r.position(), start + *cursor as u64);
+                }
+                Op::Rejoin(i) => readers[i] = (b.reader().unwrap(), sent.len()),
+                Op::Handover(die) => {
+                    let (at, old) = w.take().unwrap();
+                    if die {
+                        std::mem::forget(old);
+                        // SAFETY: no guard was taken through `at`; the writer
+                        // handle was forgotten.
+                        unsafe { at.simulate_crash_now() };
+                    } else {
+                        drop(old);
+                    }
+                    w = Some(claim(&seg));
+                    assert_eq!(w.as_ref().unwrap().1.sent(), start + sent.len() as u64);
+                }
+            }
+            for (r, cursor) in &readers {
+                let behind = (sent.len() - *cursor).min(cap);
+                assert_eq!(r.pending(), behind as u64);
+            }
+            assert_eq!(b.sent().unwrap(), start + sent.len() as u64);
+        }
+    }
+
+    fn start() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            (0u64..16).prop_map(|d| (1u64 << 32) - d),
+            0u64..1 << 40
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 128 },
+            ..super::config()
+        })]
+
+        #[test]
+        fn broadcast_matches_a_model_of_lag(
+            log_cap in 0u32..4,
+            start in start(),
+            ops in prop::collection::vec(op(), 1..96),
+        ) {
+            run(log_cap, start, ops);
+        }
     }
 }
