@@ -14,7 +14,16 @@
 //! queue with the same checks: the index the consumer reaches must be the
 //! producer's, and at least every message a producer saw committed.
 //!
-//! `cargo test` runs [`DEFAULT_ROUNDS`] kills; set `SHMKIT_CRASH_ROUNDS` for more,
+//! # Broadcast
+//!
+//! A writer process sends message `n` as `msg(n)` as fast as it can; every round
+//! the parent reads for a random 1–8 ms, SIGKILLs the writer (inside a send, most
+//! likely), reads what is left and starts a successor, which takes the role over.
+//! Every message the parent reads must be whole and carry the number of its
+//! position (no duplicate, no gap that is not reported as a lag), and at the end
+//! received + lost must equal the messages sent.
+//!
+//! `cargo test` runs [`DEFAULT_ROUNDS`] kills (each section); set `SHMKIT_CRASH_ROUNDS` for more,
 //! e.g. `SHMKIT_CRASH_ROUNDS=5000 cargo test --release --test crash_queue -- --nocapture`.
 //!
 //! The test binary re-executes itself: `child_main` (ignored) reads its role from
@@ -25,19 +34,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::child::{PREFIX, ROLE, TARGET, leave_when_the_parent_goes, say};
+use common::crash::{self, Rng};
 use common::{LineChild, PATIENCE, child_main_command};
-use shmkit::queue::SpscQueue;
+use shmkit::queue::{Broadcast, Received, SpscQueue};
 use shmkit::{Error, Segment, SegmentOptions, Shared};
 
-const ROLE: &str = "SHMKIT_CHILD_ROLE";
-const TARGET: &str = "SHMKIT_CHILD_TARGET";
-const ROUNDS_VAR: &str = "SHMKIT_CRASH_ROUNDS";
-const PREFIX: &str = "SHMKIT:";
 /// Kills under plain `cargo test`.
 const DEFAULT_ROUNDS: u64 = 200;
 const CAPACITY: u64 = 64;
@@ -61,13 +67,6 @@ fn torn(m: &Msg) -> bool {
     *m != msg(m[0])
 }
 
-fn rounds() -> u64 {
-    std::env::var(ROUNDS_VAR)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_ROUNDS)
-}
-
 // ---------------------------------------------------------------------------------
 // The children.
 // ---------------------------------------------------------------------------------
@@ -80,25 +79,14 @@ fn child_main() {
     };
     let name = std::env::var(TARGET).expect("SHMKIT_CHILD_TARGET");
     let seg = SegmentOptions::posix(&name).open().expect("child: open");
-    let q = seg.find::<SpscQueue<Msg>>("q").expect("child: find q");
     let stats = seg.find::<Stats>("stats").expect("child: find stats");
-    // Leave as soon as the parent is gone (our stdin closes with it).
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().lock().read_to_end(&mut sink);
-        std::process::exit(0);
-    });
+    leave_when_the_parent_goes();
     match role.as_str() {
-        "spsc-producer" => spsc_producer(&q, &stats),
-        "spsc-consumer" => spsc_consumer(&q, &stats),
+        "spsc-producer" => spsc_producer(&seg.find("q").expect("child: find q"), &stats),
+        "spsc-consumer" => spsc_consumer(&seg.find("q").expect("child: find q"), &stats),
+        "bcast-writer" => bcast_writer(&seg.find("b").expect("child: find b")),
         other => panic!("unknown child role {other:?}"),
     }
-}
-
-fn say(what: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{PREFIX}{what}").unwrap();
-    out.flush().unwrap();
 }
 
 /// Claims a role, retrying while the registry still calls the predecessor alive.
@@ -154,21 +142,21 @@ fn spsc_consumer(q: &Shared<SpscQueue<Msg>>, stats: &Stats) -> ! {
     }
 }
 
+/// Holds the broadcast writer role (taking a dead predecessor's over) and sends
+/// message `n` as `msg(n)` for ever: a successor rewrites a message its
+/// predecessor died writing under the same number and contents.
+fn bcast_writer(b: &Shared<Broadcast<Msg>>) -> ! {
+    let mut w = claim(|| b.writer());
+    say("ready");
+    loop {
+        let n = w.sent();
+        w.send(msg(n)).expect("child: send");
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // The parent.
 // ---------------------------------------------------------------------------------
-
-/// xorshift64*: the kill schedule (no need for a real generator).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn spawn(role: &str, name: &str) -> LineChild {
     let mut cmd = child_main_command();
@@ -197,10 +185,10 @@ fn spsc_survives_random_sigkills_without_duplicates_tears_or_gaps() {
         .unwrap();
     let q = seg.find_or_create::<SpscQueue<Msg>>("q", CAPACITY).unwrap();
     let stats = seg.find_or_create::<Stats>("stats", ()).unwrap();
-    let mut rng = Rng(0x1234_5678 ^ u64::from(std::process::id()));
+    let mut rng = Rng::seeded(1);
     let mut producer = spawn("spsc-producer", &name);
     let mut consumer = spawn("spsc-consumer", &name);
-    let rounds = rounds();
+    let rounds = crash::rounds(DEFAULT_ROUNDS);
     let (mut producer_kills, mut consumer_kills) = (0u64, 0u64);
     for _ in 0..rounds {
         std::thread::sleep(Duration::from_millis(1 + rng.next() % 8));
@@ -250,4 +238,63 @@ fn spsc_survives_random_sigkills_without_duplicates_tears_or_gaps() {
         "a committed message was lost"
     );
     assert!(s[RECEIVED] > 0, "no message went through");
+}
+
+/// Reads what is there: each message whole and numbered as its position; lags
+/// counted. Returns (received, lost).
+fn follow(r: &mut shmkit::queue::BroadcastReader<Msg>) -> (u64, u64) {
+    let (mut received, mut lost) = (0, 0);
+    loop {
+        let at = r.position();
+        match r.try_recv().unwrap() {
+            Some(Received::Message(m)) => {
+                assert!(!torn(&m), "a torn broadcast message: {m:?}");
+                assert_eq!(m[0], at, "a duplicate or an unreported gap");
+                received += 1;
+            }
+            Some(Received::Lagged(k)) => {
+                assert_eq!(r.position(), at + k, "a lag that does not add up");
+                lost += k;
+            }
+            None => return (received, lost),
+        }
+    }
+}
+
+#[test]
+fn broadcast_readers_see_no_torn_or_repeated_message_across_writer_kills() {
+    let name = shmkit::unique_name("crash-bcast-").unwrap();
+    let seg: Segment = SegmentOptions::posix(&name)
+        .max_size(1 << 22)
+        .create()
+        .unwrap();
+    let b = seg.find_or_create::<Broadcast<Msg>>("b", CAPACITY).unwrap();
+    seg.find_or_create::<Stats>("stats", ()).unwrap();
+    let mut r = b.reader().unwrap();
+    let mut rng = Rng::seeded(2);
+    let rounds = crash::rounds(DEFAULT_ROUNDS);
+    let (mut received, mut lost) = (0u64, 0u64);
+    for _ in 0..rounds {
+        let w = spawn("bcast-writer", &name);
+        let until = Instant::now() + Duration::from_millis(1 + rng.below(8));
+        while Instant::now() < until {
+            let (a, l) = follow(&mut r);
+            (received, lost) = (received + a, lost + l);
+        }
+        kill(w);
+        let (a, l) = follow(&mut r);
+        (received, lost) = (received + a, lost + l);
+    }
+    // The parent takes the role over last: one more message, then the count.
+    let mut w = b.writer().expect("the dead writer's role is taken over");
+    w.send(msg(w.sent())).unwrap();
+    let (a, l) = follow(&mut r);
+    (received, lost) = (received + a, lost + l);
+    let sent = b.sent().unwrap();
+    eprintln!(
+        "crash_queue broadcast: {rounds} writer kills, {sent} sent, {received} read, {lost} lost"
+    );
+    assert_eq!(received + lost, sent, "every message read or counted lost");
+    assert_eq!(r.position(), sent);
+    assert!(received > rounds, "the reader kept up at times");
 }
