@@ -189,9 +189,9 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
     ///
     /// # Errors
     ///
-    /// [`PushError::Full`] with the value; [`PushError::NotAttached`] in a forked
-    /// child that inherited the handle; [`PushError::Corrupt`] with the value
-    /// and the error if the indices read from the segment are impossible.
+    /// [`PushError::Full`] with the value; [`PushError::Failed`] with the value
+    /// and [`Error::NotAttached`] in a forked child that inherited the handle, or
+    /// [`Error::Corrupt`] if the indices read from the segment are impossible.
     ///
     /// # Examples
     ///
@@ -201,8 +201,7 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
         match self.room(1) {
             Ok(0) => return Err(PushError::Full(value)),
             Ok(_) => {}
-            Err(Error::NotAttached) => return Err(PushError::NotAttached(value)),
-            Err(e) => return Err(PushError::Corrupt(value, e)),
+            Err(e) => return Err(PushError::Failed(value, e)),
         }
         let tail = self.tail;
         // SAFETY: the slot of `tail` is ours (tail - head < capacity: the
@@ -307,9 +306,8 @@ impl<T: ShmSafe + Copy + Send> Producer<T> {
         loop {
             match self.try_push(value) {
                 Ok(()) => return Ok(()),
-                Err(PushError::Corrupt(_, e)) => return Err(e),
-                Err(PushError::NotAttached(_)) => return Err(Error::NotAttached),
-                Err(PushError::Full(_)) => {}
+                Err(PushError::Failed(_, e)) => return Err(e),
+                Err(PushError::Full(_) | PushError::TimedOut(_)) => {}
             }
             if !self.wait_room(deadline)? {
                 return Err(Error::TimedOut);

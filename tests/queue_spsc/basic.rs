@@ -172,7 +172,7 @@ fn corrupt_indices_are_reported_and_len_stays_within_capacity() {
     }
     spsc_set_indices(&q, 4, 9);
     match tx.try_push(5) {
-        Err(PushError::Corrupt(5, Error::Corrupt { .. })) => {}
+        Err(PushError::Failed(5, Error::Corrupt { .. })) => {}
         other => panic!("{other:?}"),
     }
 }

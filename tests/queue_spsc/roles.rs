@@ -125,7 +125,7 @@ fn handles_inherited_by_a_forked_child_neither_act_nor_free_the_roles() {
     if pid == 0 {
         let push = matches!(
             tx.try_push(2),
-            Err(shmkit::queue::PushError::NotAttached(2))
+            Err(shmkit::queue::PushError::Failed(2, Error::NotAttached))
         );
         let pop = matches!(rx.pop(), Err(Error::NotAttached));
         drop((tx, rx)); // must not give the parent's roles back
