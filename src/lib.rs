@@ -114,6 +114,7 @@ pub mod loom;
 mod loom;
 mod object;
 mod ptr;
+pub mod queue;
 mod segment;
 pub mod sync;
 
@@ -140,6 +141,8 @@ pub use zerocopy;
 pub mod model {
     /// The directory's create-race decision.
     pub use crate::directory::protocol::{Found, Mode, Step, step};
+    /// The MPMC queue's ring over plain memory.
+    pub use crate::queue::model::MpmcModel;
     pub use crate::segment::init;
     pub use crate::segment::locks::{LockTable, MemHandle, MemLocks, Witness};
     pub use crate::segment::registry::{Identity, Slot, claim, reclaim, release};

@@ -54,6 +54,7 @@ pub(crate) mod crash;
 mod entry;
 pub(crate) mod inspect;
 mod locks;
+mod mpmc;
 pub(crate) mod protocol;
 mod shared;
 mod table;
