@@ -17,5 +17,5 @@ pub use mpmc::{MPMC_MAX_CAPACITY, MpmcQueue, PushError};
 #[doc(hidden)]
 pub mod testkit {
     pub use super::mpmc::{testkit_start_at, testkit_word_offsets};
-    pub use super::mpmc_testkit::{Stop, arm_stop};
+    pub use super::mpmc_testkit::{Stop, arm_stop, disarm_stop};
 }

@@ -57,3 +57,9 @@ pub fn arm_stop(stop: Stop) {
     };
     armed::AT.with(|a| a.set(Some(p)));
 }
+
+/// Disarms this thread's stop, if it was not reached.
+#[cfg(feature = "testkit")]
+pub fn disarm_stop() {
+    armed::AT.with(|a| a.set(None));
+}
