@@ -317,7 +317,7 @@ where
 // SAFETY: `size` is the header (size_of::<Self>()) plus the slots, the same in
 // every process for a capacity; init builds the header and every slot's stamp in
 // the zeroed region and touches nothing else; every state of those atomics is
-// handled (see the queue's module docs); the name carries T.
+// handled (see MpmcQueue's documentation); the name carries T.
 unsafe impl<T: 'static> ShmObject for MpmcQueue<T> {
     /// The capacity: a power of two.
     type Config = u64;

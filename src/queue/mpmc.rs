@@ -1,73 +1,8 @@
 //! [`MpmcQueue<T>`]: a bounded multi-producer multi-consumer queue in shared
 //! memory (Vyukov's per-slot sequence stamps) that no dying process can wedge.
 //!
-//! # Layout
-//!
-//! Three 128-byte lines, then `capacity` slots:
-//!
-//! | line | words                                                         |
-//! |------|---------------------------------------------------------------|
-//! | meta | `capacity`, `data_words` (written once at creation)          |
-//! | tail | `tail` (next position to produce), `wake`, `sleepers` (futex)|
-//! | head | `head` (next position to consume), `wake`, `sleepers` (futex)|
-//! | slot | `stamp`, `owner`, the message as `data_words` 64-bit words    |
-//!
-//! Positions are 64-bit counters that only grow (and wrap at 2^64); the slot of
-//! position `p` is `p mod capacity`.
-//!
-//! # State of a slot
-//!
-//! The stamp is `(p << 2) | kind` (`p` modulo 2^62, which every capacity divides);
-//! the owner word is 0 or the [`OwnerTag`](crate::OwnerTag) of the process that
-//! holds the slot for a claim.
-//!
-//! | stamp     | owner | meaning                                                        |
-//! |-----------|-------|----------------------------------------------------------------|
-//! | `FREE(p)` | 0     | empty, ready for the producer of position `p`                  |
-//! | `FREE(p)` | P     | producer P is claiming `p` (tail = p) or writing it (tail > p) |
-//! | `FULL(p)` | 0     | holds the message of position `p`                              |
-//! | `FULL(p)` | C     | consumer C is claiming `p` (head = p) or reading it (head > p) |
-//! | `SKIP(p)` | 0/C   | as `FULL(p)`, but the producer of `p` died: no message         |
-//!
-//! A push: take the owner word (CAS 0 → me), re-check the stamp, move the tail
-//! `p → p + 1` (CAS), write the data words, store `FULL(p)` (Release), give the
-//! owner word back. A pop: the same on the head, read the data words, store
-//! `FREE(p + capacity)`, give the owner word back. Only the owner of a slot moves
-//! a position past it, so "the position is past the stamp's while the owner word
-//! names X" proves that X claimed the slot.
-//!
-//! # A process dying inside an operation
-//!
-//! | died                                   | left behind               | repair by the next one stuck on it |
-//! |----------------------------------------|---------------------------|------------------------------------|
-//! | before taking the owner word           | nothing                   | —                                  |
-//! | holding it, before moving the position | `FREE(p)`/`FULL(p)`, owner dead, position = p | owner word cleared   |
-//! | producer, after moving the tail        | `FREE(p)`, tail > p       | stamp `SKIP(p)`: the message is lost |
-//! | producer, after `FULL(p)`              | owner dead                | owner word cleared: delivered      |
-//! | consumer, after moving the head        | `FULL(p)`, head > p       | stamp `FREE(p + cap)`: the message is lost |
-//! | consumer, after `FREE(p + cap)`        | owner dead                | owner word cleared                 |
-//!
-//! A producer or consumer that finds its slot busy, or the queue apparently full
-//! or empty because of a claimed slot, asks the registry whether the owner word's
-//! process is alive (the kernel-backed verdict of
-//! [`Segment::is_owner_alive`](crate::Segment::is_owner_alive), never a timeout)
-//! and repairs only a dead one's slot, taking the owner word over first (so two
-//! repairers never both act, and a repairer that dies is itself repaired).
-//!
-//! **Guarantee.** A process killed inside a push or pop loses at most the one
-//! message it had in flight (the one it was writing, or had taken and not
-//! returned); no message is ever delivered twice, and no message is delivered
-//! torn (its data words are written only by the slot's owner, before the Release
-//! stamp that lets a consumer read them, and a skipped slot is never read). A
-//! slow but live claimant is waited for (a non-blocking call then reports full or
-//! empty), never repaired.
-//!
-//! **Corrupt words.** A stamp impossible with the positions (from the future, of
-//! another slot, an unknown kind) is [`Error::Corrupt`]; an owner word naming no
-//! live process is treated as a dead claimant's; an owner word forged to name a
-//! live process makes its slot look busy (calls report full/empty, blocking ones
-//! time out); `len` is clamped to `[0, capacity]`. Every call returns: the
-//! non-blocking ones within a bounded number of retries without progress.
+//! The words, their states and what a dying process leaves behind are in
+//! [`MpmcQueue`]'s documentation.
 #![allow(unsafe_code)]
 
 use std::marker::PhantomData;
@@ -97,8 +32,7 @@ struct MetaLine {
 /// A bounded multi-producer multi-consumer queue of `T` in a segment, found by
 /// name ([`Segment::find_or_create`](crate::Segment::find_or_create) with the
 /// capacity, a power of two, as its configuration); any number of producers and
-/// consumers in any processes. See the [module docs](self) for its words and
-/// what a process killed inside an operation leaves behind.
+/// consumers in any processes.
 ///
 /// Messages are `Copy` types deriving zerocopy's `FromBytes`, `IntoBytes`,
 /// `Immutable` and `KnownLayout` (no `unsafe`); they are copied in and out.
@@ -115,6 +49,74 @@ struct MetaLine {
 /// assert_eq!(seg.find::<MpmcQueue<u64>>("jobs")?.pop()?, Some(7));
 /// # Ok::<(), shmkit::Error>(())
 /// ```
+///
+/// # Layout
+///
+/// Three 128-byte lines, then `capacity` slots:
+///
+/// | line | words                                                         |
+/// |------|---------------------------------------------------------------|
+/// | meta | `capacity`, `data_words` (written once at creation)          |
+/// | tail | `tail` (next position to produce), `wake`, `sleepers` (futex)|
+/// | head | `head` (next position to consume), `wake`, `sleepers` (futex)|
+/// | slot | `stamp`, `owner`, the message as `data_words` 64-bit words    |
+///
+/// Positions are 64-bit counters that only grow (and wrap at 2^64); the slot of
+/// position `p` is `p mod capacity`.
+///
+/// # State of a slot
+///
+/// The stamp is `(p << 2) | kind` (`p` modulo 2^62, which every capacity divides);
+/// the owner word is 0 or the [`OwnerTag`](crate::OwnerTag) of the process that
+/// holds the slot for a claim.
+///
+/// | stamp     | owner | meaning                                                        |
+/// |-----------|-------|----------------------------------------------------------------|
+/// | `FREE(p)` | 0     | empty, ready for the producer of position `p`                  |
+/// | `FREE(p)` | P     | producer P is claiming `p` (tail = p) or writing it (tail > p) |
+/// | `FULL(p)` | 0     | holds the message of position `p`                              |
+/// | `FULL(p)` | C     | consumer C is claiming `p` (head = p) or reading it (head > p) |
+/// | `SKIP(p)` | 0/C   | as `FULL(p)`, but the producer of `p` died: no message         |
+///
+/// A push: take the owner word (CAS 0 → me), re-check the stamp, move the tail
+/// `p → p + 1` (CAS), write the data words, store `FULL(p)` (Release), give the
+/// owner word back. A pop: the same on the head, read the data words, store
+/// `FREE(p + capacity)`, give the owner word back. Only the owner of a slot moves
+/// a position past it, so "the position is past the stamp's while the owner word
+/// names X" proves that X claimed the slot.
+///
+/// # A process dying inside an operation
+///
+/// | died                                   | left behind               | repair by the next one stuck on it |
+/// |----------------------------------------|---------------------------|------------------------------------|
+/// | before taking the owner word           | nothing                   | —                                  |
+/// | holding it, before moving the position | `FREE(p)`/`FULL(p)`, owner dead, position = p | owner word cleared   |
+/// | producer, after moving the tail        | `FREE(p)`, tail > p       | stamp `SKIP(p)`: the message is lost |
+/// | producer, after `FULL(p)`              | owner dead                | owner word cleared: delivered      |
+/// | consumer, after moving the head        | `FULL(p)`, head > p       | stamp `FREE(p + cap)`: the message is lost |
+/// | consumer, after `FREE(p + cap)`        | owner dead                | owner word cleared                 |
+///
+/// A producer or consumer that finds its slot busy, or the queue apparently full
+/// or empty because of a claimed slot, asks the registry whether the owner word's
+/// process is alive (the kernel-backed verdict of
+/// [`Segment::is_owner_alive`](crate::Segment::is_owner_alive), never a timeout)
+/// and repairs only a dead one's slot, taking the owner word over first (so two
+/// repairers never both act, and a repairer that dies is itself repaired).
+///
+/// **Guarantee.** A process killed inside a push or pop loses at most the one
+/// message it had in flight (the one it was writing, or had taken and not
+/// returned); no message is ever delivered twice, and no message is delivered
+/// torn (its data words are written only by the slot's owner, before the Release
+/// stamp that lets a consumer read them, and a skipped slot is never read). A
+/// slow but live claimant is waited for (a non-blocking call then reports full or
+/// empty), never repaired.
+///
+/// **Corrupt words.** A stamp impossible with the positions (from the future, of
+/// another slot, an unknown kind) is [`Error::Corrupt`]; an owner word naming no
+/// live process is treated as a dead claimant's; an owner word forged to name a
+/// live process makes its slot look busy (calls report full/empty, blocking ones
+/// time out); `len` is clamped to `[0, capacity]`. Every call returns: the
+/// non-blocking ones within a bounded number of retries without progress.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub struct MpmcQueue<T> {
@@ -126,7 +128,7 @@ pub struct MpmcQueue<T> {
 
 // SAFETY: repr(C), atomics only (PhantomData has no bytes), three 128-byte lines
 // without padding; every bit pattern is a state the code handles (see the module
-// docs: corrupt words are reported, clamped or treated as dead claimants).
+// docs of the type: corrupt words are reported, clamped or treated as dead claimants).
 unsafe impl<T: 'static> ShmSafe for MpmcQueue<T> {}
 // SAFETY: every byte is inside an atomic; the slots after the header are atomics
 // too, reached through the segment's mapping.

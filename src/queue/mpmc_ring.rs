@@ -10,7 +10,7 @@
 //! owner tag of the process that is claiming or has claimed the slot; only the
 //! owner moves the slot's position word (tail or head) past the slot, and only the
 //! owner (or a repairer that took the word over from a dead owner) writes the
-//! stamp. The module docs of `mpmc.rs` give the full state table.
+//! stamp. `MpmcQueue`'s documentation gives the full state table.
 
 use crate::loom::{AtomicU32, AtomicU64, Ordering, fence, spin_loop, yield_now};
 use crate::segment::OwnerTag;
