@@ -290,6 +290,15 @@ pub enum Error {
         /// How long this call waited.
         waited: Duration,
     },
+    // MPMC queue
+    /// A queue capacity that is not a power of two in `1..=max`.
+    #[error("queue capacity {capacity} is not a power of two in 1..={max}")]
+    InvalidCapacity {
+        /// The capacity asked for.
+        capacity: u64,
+        /// The largest capacity of the queue type.
+        max: u64,
+    },
 }
 
 impl<G: crate::sync::Abandon> From<crate::sync::LockError<G>> for Error {

@@ -28,6 +28,9 @@
 //!   blocks record their owner, so that [`alloc::Heap::reclaim_dead`] gives back
 //!   what a killed process held; [`containers::ShmBox`], [`containers::ShmVec`],
 //!   [`containers::ShmString`] are stored as offsets and handed between processes;
+//! - [`queue`]: [`queue::MpmcQueue`], a bounded multi-producer multi-consumer
+//!   queue whose slots a killed producer or consumer cannot wedge (at most its
+//!   one in-flight message is lost);
 //! - [`ShmSafe`]: the marker for types allowed in a segment, derived through
 //!   zerocopy (no `unsafe`); [`ShmShared`]: those that may be shared by reference;
 //!   [`Offset`], [`Tagged`] / [`AtomicTagged`]: base-relative references and
@@ -149,6 +152,8 @@ pub use zerocopy;
 pub mod model {
     /// The directory's create-race decision.
     pub use crate::directory::protocol::{Found, Mode, Step, step};
+    /// The MPMC queue's ring over plain memory.
+    pub use crate::queue::model::MpmcModel;
     pub use crate::segment::init;
     pub use crate::segment::locks::{LockTable, MemHandle, MemLocks, Witness};
     pub use crate::segment::registry::{Identity, Slot, claim, reclaim, release};

@@ -12,7 +12,7 @@ use std::fmt;
 use std::ptr::NonNull;
 
 use crate::layout::{ShmSafe, ShmShared};
-use crate::queue::{Broadcast, SpscQueue};
+use crate::queue::{Broadcast, MpmcQueue, SpscQueue};
 use crate::sync::{Condvar, Event, EventKind, Mutex, RwLock, Semaphore};
 use crate::{Error, Result};
 
@@ -357,6 +357,27 @@ unsafe impl<T: ShmSafe + Copy + Send> ShmObject for SpscQueue<T> {
     unsafe fn init(at: NonNull<Self>, capacity: &u64) {
         // SAFETY: the caller's contract, for `size(capacity)` bytes.
         unsafe { SpscQueue::init(at, *capacity) };
+    }
+}
+
+// SAFETY: `size` is the header (size_of::<Self>()) plus the slots, the same in
+// every process for a capacity; init builds the header and every slot's stamp in
+// the zeroed region and touches nothing else; every state of those atomics is
+// handled (see MpmcQueue's documentation); the name carries T.
+unsafe impl<T: 'static> ShmObject for MpmcQueue<T> {
+    /// The capacity: a power of two.
+    type Config = u64;
+    const VERSION: u32 = 1;
+    fn type_name() -> String {
+        format!("shmkit::MpmcQueue<{}>", std::any::type_name::<T>())
+    }
+    fn size(capacity: &u64) -> Result<u64> {
+        MpmcQueue::<T>::bytes_for(*capacity)
+    }
+    unsafe fn init(at: NonNull<Self>, capacity: &u64) {
+        // SAFETY: the caller's contract, for `size(capacity)` bytes (init is only
+        // called after `size` accepted the configuration).
+        unsafe { MpmcQueue::init_in_place(at, *capacity) };
     }
 }
 

@@ -33,6 +33,8 @@
 #![allow(clippy::disallowed_types)]
 
 mod common;
+#[path = "crash_queue/mpmc.rs"]
+mod mpmc;
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,6 +8,9 @@
 //!
 //! Heap segments only.
 
+#[path = "prop_queue/mpmc.rs"]
+mod mpmc;
+
 use std::collections::VecDeque;
 
 use proptest::prelude::*;

@@ -55,6 +55,7 @@ pub(crate) mod crash;
 mod entry;
 pub(crate) mod inspect;
 mod locks;
+mod mpmc;
 pub(crate) mod protocol;
 mod queues;
 mod shared;

@@ -1,49 +1,8 @@
 //! [`Broadcast<T>`]: one writer, any number of readers, each with its own cursor;
 //! a reader that falls behind is told exactly how much it lost.
 //!
-//! # Layout and state table
-//!
-//! The object is a 256-byte header followed by `capacity` slots. A slot is one
-//! sequence word and `ceil(size_of::<T>() / 8)` data words, padded to a multiple
-//! of 64 bytes so that the writer filling one slot does not share a cache line
-//! with a reader of the next.
-//!
-//! | word | written by | values | meaning |
-//! |---|---|---|---|
-//! | `capacity`, `words` | `init` | as configured | for inspection only: every handle uses the configuration the directory checked, never these |
-//! | `writer` | a claimant (CAS) | 0, an owner tag | the writer role: vacant, or held by that attachment |
-//! | `head` | the writer | `n` | messages `0..n` are complete (the writer publishes it after each one) |
-//! | `bell` | the writer; sleeping readers | `generation << 1 \| waiting` | futex word: readers set bit 0 before they sleep; the writer, seeing it, bumps the generation (clearing the bit) and wakes them all |
-//! | slot `seq` | the writer | 0, `2m + 1`, `2m + 2` | never written, message `m` being written, message `m` complete (`m ≡ slot index mod capacity`) |
-//! | slot data | the writer | any bytes | message `seq / 2 - 1` when `seq` is even and unchanged across the read |
-//!
-//! A reader of message `n` reads its slot's `seq`: `2n + 2` means complete (it
-//! copies the data, then checks that `seq` did not move: a seqlock read); below
-//! that, not written yet; above, overwritten by a message `m ≥ n + capacity`,
-//! which proves every message up to `m - capacity` lost, as the head proves every
-//! one before `head - capacity`: the reader skips to the later of the two bounds
-//! and reports [`Received::Lagged`] with the count. Readers
-//! write nothing but the bell's waiting bit, so they never slow the writer, and
-//! come and go freely.
-//!
-//! # A process dying
-//!
-//! - **The writer, inside `send`**: its slot's `seq` is left odd (`2n + 1`) or
-//!   already even with `head` not yet moved. Readers see "not written yet" or the
-//!   complete message; nothing torn is ever returned. The next writer (the role of
-//!   a dead holder is taken over) starts at `head`, first moving it past a slot
-//!   that is complete: a message readers may already have read is never
-//!   replaced, and a half-written one is written again under the same number.
-//! - **A reader**: it wrote nothing but perhaps the bell's waiting bit, which the
-//!   writer clears at its next message (one wake-up call, then no more).
-//!
-//! # Damage by a peer
-//!
-//! A `seq` word or `head` that no writer can have produced (a sequence past the
-//! published head, from another slot's residue class, a head near `u64::MAX`)
-//! is [`Error::Corrupt`]; a plausible forged value can make a reader skip ahead
-//! or wait (it reports the skip as a lag), never return a torn value, panic or
-//! read outside the ring.
+//! See [`Broadcast`] for the layout, the state table of its words, what a
+//! process dying leaves behind and what a peer's damage does.
 #![allow(unsafe_code)]
 
 use std::marker::PhantomData;
@@ -163,8 +122,49 @@ impl Header {
 /// [`writer`](crate::Shared::writer) takes the writer role,
 /// [`reader`](crate::Shared::reader) makes a reader starting at the next message.
 ///
-/// See the [module documentation](self) for the state table and what a process
-/// dying leaves behind.
+/// # Layout and state table
+///
+/// The object is a 256-byte header followed by `capacity` slots. A slot is one
+/// sequence word and `ceil(size_of::<T>() / 8)` data words, padded to a multiple
+/// of 64 bytes so that the writer filling one slot does not share a cache line
+/// with a reader of the next.
+///
+/// | word | written by | values | meaning |
+/// |---|---|---|---|
+/// | `capacity`, `words` | `init` | as configured | for inspection only: every handle uses the configuration the directory checked, never these |
+/// | `writer` | a claimant (CAS) | 0, an owner tag | the writer role: vacant, or held by that attachment |
+/// | `head` | the writer | `n` | messages `0..n` are complete (the writer publishes it after each one) |
+/// | `bell` | the writer; sleeping readers | `generation << 1 \| waiting` | futex word: readers set bit 0 before they sleep; the writer, seeing it, bumps the generation (clearing the bit) and wakes them all |
+/// | slot `seq` | the writer | 0, `2m + 1`, `2m + 2` | never written, message `m` being written, message `m` complete (`m ≡ slot index mod capacity`) |
+/// | slot data | the writer | any bytes | message `seq / 2 - 1` when `seq` is even and unchanged across the read |
+///
+/// A reader of message `n` reads its slot's `seq`: `2n + 2` means complete (it
+/// copies the data, then checks that `seq` did not move: a seqlock read); below
+/// that, not written yet; above, overwritten by a message `m ≥ n + capacity`,
+/// which proves every message up to `m - capacity` lost, as the head proves every
+/// one before `head - capacity`: the reader skips to the later of the two bounds
+/// and reports [`Received::Lagged`] with the count. Readers
+/// write nothing but the bell's waiting bit, so they never slow the writer, and
+/// come and go freely.
+///
+/// # A process dying
+///
+/// - **The writer, inside `send`**: its slot's `seq` is left odd (`2n + 1`) or
+///   already even with `head` not yet moved. Readers see "not written yet" or the
+///   complete message; nothing torn is ever returned. The next writer (the role of
+///   a dead holder is taken over) starts at `head`, first moving it past a slot
+///   that is complete: a message readers may already have read is never
+///   replaced, and a half-written one is written again under the same number.
+/// - **A reader**: it wrote nothing but perhaps the bell's waiting bit, which the
+///   writer clears at its next message (one wake-up call, then no more).
+///
+/// # Damage by a peer
+///
+/// A `seq` word or `head` that no writer can have produced (a sequence past the
+/// published head, from another slot's residue class, a head near `u64::MAX`)
+/// is [`Error::Corrupt`]; a plausible forged value can make a reader skip ahead
+/// or wait (it reports the skip as a lag), never return a torn value, panic or
+/// read outside the ring.
 ///
 /// # Examples
 ///

@@ -21,7 +21,6 @@ use crate::error::Error;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum PushError<T> {
     /// The queue is full (or its next slot is busy with a live claimant).
     Full(T),

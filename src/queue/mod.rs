@@ -3,6 +3,8 @@
 //!
 //! - [`SpscQueue`]: one producer and one consumer in any processes, with roles
 //!   that a dead holder's successor takes over;
+//! - [`MpmcQueue`]: any number of producers and consumers in any processes
+//!   (per-slot sequence stamps, a dead claimant's slot repaired);
 //! - [`Broadcast`]: one writer fanning out to any number of readers in any
 //!   processes, each told exactly what it lost if it fell behind.
 //!
@@ -25,6 +27,11 @@ mod consumer;
 mod error;
 #[cfg(feature = "testkit")]
 mod local;
+#[cfg(shmkit_loom)]
+pub(crate) mod model;
+mod mpmc;
+mod mpmc_ring;
+mod mpmc_testkit;
 mod producer;
 mod spsc;
 
@@ -41,9 +48,18 @@ pub use error::PushError;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use local::LocalSpsc;
+pub use mpmc::{MPMC_MAX_CAPACITY, MpmcQueue};
 pub use producer::Producer;
 pub(crate) use spsc::RawSpsc;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use spsc::wake_count;
 pub use spsc::{MAX_CAPACITY, SpscQueue};
+
+/// Test support outside semver (`testkit` feature).
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testkit {
+    pub use super::mpmc::{testkit_start_at, testkit_word_offsets};
+    pub use super::mpmc_testkit::{Stop, arm_stop, disarm_stop};
+}

@@ -209,7 +209,7 @@ impl Segment {
     }
 
     /// Base address of the mapping in this process. Addresses differ between
-    /// processes: store [`Offset`]s in the segment, never pointers.
+    /// processes: store [`Offset`](crate::Offset)s in the segment, never pointers.
     ///
     /// # Examples
     ///

@@ -22,8 +22,8 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the metadata is broken (see [`verify`](Self::verify));
-    /// [`Error::LockTimeout`] if a live process holds the transfer or page lock
+    /// [`Error::Corrupt`](crate::Error::Corrupt) if the metadata is broken (see [`verify`](Self::verify));
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout) if a live process holds the transfer or page lock
     /// past the heap's lock bound (5 s, both waits together).
     ///
     /// # Examples
@@ -110,7 +110,7 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the metadata is broken; [`Error::LockTimeout`] as
+    /// [`Error::Corrupt`](crate::Error::Corrupt) if the metadata is broken; [`Error::LockTimeout`](crate::Error::LockTimeout) as
     /// [`reclaim_dead`](Self::reclaim_dead).
     ///
     /// # Examples
@@ -203,10 +203,10 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// The first failure: [`Error::Corrupt`] if a cached chain was overwritten, or
+    /// The first failure: [`Error::Corrupt`](crate::Error::Corrupt) if a cached chain was overwritten, or
     /// a lock word names this handle's attachment while none of its threads holds
     /// it (a forged or stray write: reported at once, not waited on);
-    /// [`Error::LockTimeout`] if a live process (stopped, say) held a heap lock
+    /// [`Error::LockTimeout`](crate::Error::LockTimeout) if a live process (stopped, say) held a heap lock
     /// past the bound.
     ///
     /// # Examples

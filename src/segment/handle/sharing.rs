@@ -41,7 +41,7 @@ impl Segment {
     ///
     /// # Examples
     ///
-    /// See [`SegmentOptions::open_fd`].
+    /// See [`SegmentOptions::open_fd`](crate::SegmentOptions::open_fd).
     pub fn send_fd(&self, socket: &impl AsFd) -> Result<()> {
         self.check_pid()?;
         match (&self.inner.spec, &self.inner.store) {
@@ -220,7 +220,7 @@ impl Segment {
 }
 
 /// Receives a segment descriptor sent with [`Segment::send_fd`]; open it with
-/// [`SegmentOptions::open_fd`].
+/// [`SegmentOptions::open_fd`](crate::SegmentOptions::open_fd).
 ///
 /// # Errors
 ///
@@ -229,7 +229,7 @@ impl Segment {
 ///
 /// # Examples
 ///
-/// See [`SegmentOptions::open_fd`].
+/// See [`SegmentOptions::open_fd`](crate::SegmentOptions::open_fd).
 pub fn recv_fd(socket: &impl AsFd) -> Result<OwnedFd> {
     memfd::recv_fd(socket.as_fd())
 }
