@@ -218,17 +218,12 @@ impl<T> MpmcQueue<T> {
             ));
         }
         let n = capacity as usize * stride;
-        // SAFETY: the words [off + HEADER, off + bytes) lie inside the segment's
-        // committed, mapped bytes (checked above; the mapping lives as long as
-        // `seg`, which outlives 'a), are 8-aligned (the object is), and are only
+        let first = (off + HEADER) as usize;
+        // SAFETY: [off + HEADER, off + bytes) is committed and mapped (checked above;
+        // the mapping outlives 'a with `seg`), 8-aligned (the object is), and only
         // ever accessed as atomics (every bit pattern valid).
         let slots = unsafe {
-            std::slice::from_raw_parts(
-                base.add((off + HEADER) as usize)
-                    .cast::<AtomicU64>()
-                    .cast_const(),
-                n,
-            )
+            std::slice::from_raw_parts(base.add(first).cast::<AtomicU64>().cast_const(), n)
         };
         Ok(Ring {
             tail: &self.tail,
